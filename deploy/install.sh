@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment and install it with the given extras.
+#
+#   bash deploy/install.sh [EXTRAS]      EXTRAS defaults to train,serve,dev
+#
+# Used by the README's commands, by CI and by the Dockerfile, so all of them install the same way.
+# A second run with the same pyproject.toml and extras does nothing (a stamp file remembers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRAS="${1:-train,serve,dev}"
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: Python >= 3.11 is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ]; then
+  echo "installing the project with extras [$EXTRAS] into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
