@@ -12,6 +12,7 @@ Inputs come in two equivalent forms:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
@@ -68,9 +69,10 @@ class CTRModel(nn.Module):
         """Indexed form: distinct items (U,), (U,T), (U,128) and indices (B,), (B,L) -> (B,)."""
         encoded = self.items(item_ids, item_tags, item_vectors)
         mask = item_ids[history_index] > 0
-        return self.score(
-            self.context(likes, views), encoded[target_index], encoded[history_index], mask
-        )
+        # F.embedding gathers like encoded[index] but its backward is about twice as fast on CPU.
+        target = F.embedding(target_index, encoded)
+        history = F.embedding(history_index, encoded)
+        return self.score(self.context(likes, views), target, history, mask)
 
     def score(
         self,
