@@ -60,6 +60,8 @@ LEVEL_GROUP_WEIGHT = 2.0
 TOPIC_PAIR_SCALE = 1.5
 POPULARITY_WEIGHT = 0.4
 NOISE_SCALE = 0.7
+#: Brings the drawn item vectors (norm about 16) to about unit norm, like PCA outputs.
+VECTOR_SCALE = 1.0 / 16.0
 
 CHUNK_ROWS = 131_072
 COMPRESSION = "zstd"
@@ -177,6 +179,9 @@ def make_items(config: SynthConfig) -> Items:
         + rng.standard_normal((count, ITEM_VECTOR_DIM))
         + 2.0 * popularity[1:, None] * popular_direction
     )
+    # PCA-reduced multimodal vectors are small (about unit norm, not sqrt(128) x 1.4 as drawn):
+    # unscaled, ASTA's unnormalised pooling and the quadratic layers see inputs ~100x too large.
+    vectors *= VECTOR_SCALE
     vectors = np.concatenate([np.zeros((1, ITEM_VECTOR_DIM)), vectors]).astype(np.float32)
     return Items(topic, popularity, likes, views, drift, tags, vectors)
 

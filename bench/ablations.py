@@ -1,0 +1,127 @@
+"""QIN against DIN and the paper's ablations, on one generated dataset, same epochs.
+
+    python -m bench.ablations [--epochs 6] [--train-rows 200000]
+
+Each variant is trained by the real trainer (``model.train.train``) at the small preset with the
+same data, seed and epoch budget; the best epoch by valid AUC is kept, then valid and test are
+scored. Writes bench/results/ablations.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.report import markdown_table, write_result
+from model.config import build_config
+from model.data import Dataset
+from model.train import train
+
+#: key -> (name in the table, --set overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "qin": ("QIN", []),
+    "softmax": ("QIN, softmax ASTA", ["attention=softmax"]),
+    "no-asta": ("QIN, no ASTA", ["attention=none"]),
+    "mlp": ("QIN, MLP instead of QNN", ["interaction=mlp"]),
+    "relu": ("QIN, ReLU instead of PReLU", ["activation=relu"]),
+    "din": ("DIN (baseline)", ["model=din"]),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--only", help=f"comma-separated keys of {list(VARIANTS)} (default: all)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+    synth_args = [
+        "--items",
+        str(args.items),
+        "--users",
+        str(args.users),
+        "--train-rows",
+        str(args.train_rows),
+        "--valid-rows",
+        str(args.eval_rows),
+        "--test-rows",
+        str(args.eval_rows),
+        "--seed",
+        str(args.seed),
+    ]
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        subprocess.run(
+            [sys.executable, "-m", "model.synth", "--out", str(data), *synth_args], check=True
+        )
+        dataset = Dataset(data)
+        for key in names:
+            name, variant = VARIANTS[key]
+            overrides = [*variant, f"max_epochs={args.epochs}", f"seed={args.seed}"]
+            config = build_config("small", overrides)
+            started = time.perf_counter()
+            meta = train(
+                dataset,
+                config,
+                Path(tmp) / key,
+                torch.device("cpu"),
+                resume=False,
+                progress=False,
+            )
+            metrics = meta["metrics"]
+            results.append(
+                {
+                    "variant": name,
+                    "overrides": variant,
+                    "parameters": meta["parameters"],
+                    "best_epoch": metrics["best_epoch"],
+                    "seconds": time.perf_counter() - started,
+                    "valid": metrics["valid"],
+                    "test": metrics["test"],
+                }
+            )
+            print(results[-1], flush=True)
+    table = markdown_table(
+        ["model", "params", "best epoch", "valid AUC", "valid logloss", "test AUC", "test logloss"],
+        [
+            [
+                r["variant"],
+                r["parameters"],
+                r["best_epoch"],
+                r["valid"]["auc"],
+                r["valid"]["logloss"],
+                r["test"]["auc"],
+                r["test"]["logloss"],
+            ]
+            for r in results
+        ],
+    )
+    table += (
+        f"\n\nSmall preset, {args.epochs} epochs at most, data: `python -m model.synth "
+        f"{' '.join(synth_args)}`."
+    )
+    path = write_result(
+        "ablations",
+        {"epochs": args.epochs, "synth_args": synth_args, "results": results},
+        table,
+        args.out,
+    )
+    print(table)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
