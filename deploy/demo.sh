@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone with nothing but Python: install, generate a demo dataset in
-# the MicroLens format, train the small QIN preset on it, evaluate it on the test split.
+# the MicroLens format, train the small QIN preset on it, evaluate it on the test split, export it
+# to a parity-checked ONNX serving graph.
 #
 #   bash deploy/demo.sh
 #
@@ -38,5 +39,13 @@ fi
 echo "== evaluating on the test split"
 "$PY" -m model.evaluate --checkpoint "$DEMO_DIR/checkpoint" --data "$DEMO_DIR/data" --split test
 
+if [ ! -f "$DEMO_DIR/model.onnx" ]; then
+  echo "== exporting the serving graph to ONNX (parity-checked against PyTorch)"
+  "$PY" -m export --checkpoint "$DEMO_DIR/checkpoint" --out "$DEMO_DIR/model.onnx" \
+    --verify-data "$DEMO_DIR/data"
+else
+  echo "== reusing $DEMO_DIR/model.onnx"
+fi
+
 echo "== done in $(( $(date +%s) - started ))s: checkpoint $DEMO_DIR/checkpoint" \
-  "(training curves: $DEMO_DIR/checkpoint/curves.png)"
+  "(training curves: $DEMO_DIR/checkpoint/curves.png), model $DEMO_DIR/model.onnx"

@@ -1,0 +1,42 @@
+"""Copy benchmark result tables into README.md, so no figure there is typed by hand.
+
+    python -m bench.readme
+
+README.md marks each table with ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; the text
+between the marks is replaced by bench/results/NAME.md. A mark whose result file does not exist
+yet says so instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bench.report import RESULTS_DIR
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+MARK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(.*?)(<!-- /bench:(?P=name) -->)", re.S)
+
+
+def refresh(text: str, results: Path = RESULTS_DIR) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        source = results / f"{name}.md"
+        body = (
+            source.read_text().strip()
+            if source.is_file()
+            else f"_Not measured yet: run the benchmark that writes bench/results/{name}.md._"
+        )
+        return f"{match.group(1)}{body}\n{match.group(4)}"
+
+    return MARK.sub(replace, text)
+
+
+def main() -> int:
+    README.write_text(refresh(README.read_text()))
+    print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
