@@ -8,6 +8,7 @@ import pytest
 
 from model.synth import SynthConfig, generate
 
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few thousand rows: enough to exercise every code path in seconds."""
