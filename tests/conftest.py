@@ -8,6 +8,8 @@ import pytest
 
 from model.synth import SynthConfig, generate
 
+pytest_plugins = ["tests.redis_server"]
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,0 +1,83 @@
+"""The feature store's domain errors, and the one place where Redis exceptions become them.
+
+The service maps these to HTTP statuses in one place (suggested: StoreUnavailable and
+NoLiveVersion 503, StoreTimeout 504, CorruptRecord 500 with a generic body); the command line maps
+them to exit code 2. Messages say what failed and where, never a password from the Redis URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import redis.exceptions
+
+
+class FeatureStoreError(Exception):
+    """Base of every feature-store failure."""
+
+
+class StoreUnavailable(FeatureStoreError):
+    """Redis cannot be reached (refused, reset, DNS, still loading its data set)."""
+
+
+class StoreTimeout(FeatureStoreError):
+    """Redis did not answer within the configured timeout."""
+
+
+class NoLiveVersion(FeatureStoreError):
+    """No feature version is live yet: run ``python -m service.features load`` first."""
+
+
+class CorruptRecord(FeatureStoreError):
+    """A stored record does not have the layout this code reads (wrong size, format or type)."""
+
+
+class LoadError(FeatureStoreError):
+    """A bulk load was refused or could not complete (another load running, marker lost)."""
+
+
+def redacted(url: str) -> str:
+    """The Redis URL without credentials, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+    except ValueError:
+        return "<invalid Redis URL>"
+
+
+def translate(exc: BaseException, url: str, operation: str) -> FeatureStoreError:
+    """The domain error for an exception raised by redis-py while doing ``operation``.
+
+    Timeouts are checked first: redis-py's TimeoutError is not a ConnectionError, but
+    asyncio's and the socket's are plain OSError relatives that must not read as "refused".
+    """
+    where = redacted(url)
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+        return StoreTimeout(f"Redis at {where} did not answer in time while {operation}")
+    if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
+        return StoreUnavailable(f"cannot reach Redis at {where} while {operation}: {exc}")
+    if isinstance(exc, redis.exceptions.ResponseError):
+        message = str(exc)
+        if "NOLIVE" in message:
+            return NoLiveVersion(
+                f"no live feature version in Redis at {where}: run "
+                "'python -m service.features load --data DIR' first"
+            )
+        if message.startswith("WRONGTYPE"):
+            return CorruptRecord(f"a feature key has the wrong Redis type while {operation}")
+        if message.startswith("CORRUPT"):
+            return CorruptRecord(f"{message.removeprefix('CORRUPT ')} (while {operation})")
+    return FeatureStoreError(f"Redis at {where} failed while {operation}: {exc}")
+
+
+@contextmanager
+def translating(url: str, operation: str) -> Iterator[None]:
+    """Turn redis-py and socket exceptions raised inside the block into domain errors."""
+    try:
+        yield
+    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        raise translate(exc, url, operation) from exc

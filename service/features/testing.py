@@ -1,0 +1,179 @@
+"""A throw-away local redis-server process, for the tests and the benchmark.
+
+The feature store is tested against a real Redis (no fakes: the Lua scripts, pipelining and
+failure modes are what is under test). The server runs on a free loopback port in its own folder,
+without persistence unless asked (``stop(save=True)`` writes a snapshot that ``start()`` loads
+again, so a test can stop Redis and bring the same data back on the same port). Readiness is
+polled with PING; nothing sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+#: How long a server may take to answer its first PING or to exit.
+START_TIMEOUT_S = 10.0
+_POLL_S = 0.01
+
+
+def find_redis_server() -> str | None:
+    """Path of the redis-server executable, if installed (Debian puts it in /usr/bin)."""
+    return shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server child process on 127.0.0.1; a context manager."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        executable: str | None = None,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        found = executable or find_redis_server()
+        if found is None:
+            raise FileNotFoundError(
+                "redis-server not found on PATH (Debian: apt-get install redis-server)"
+            )
+        self.executable = found
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "redis.log"
+
+    def client(self, timeout_s: float = 5.0) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # redis-py retries with backoff by default: not here
+        )
+
+    def start(self) -> None:
+        """Start the server (loading ``dump.rdb`` if a previous ``stop(save=True)`` left one)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"redis-server on port {self.port} is already running")
+        command = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", str(self.log_path),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        client = self.client(timeout_s=0.5)
+        try:
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode} on port {self.port}: "
+                        f"{self._log_tail()}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+                time.sleep(_POLL_S)
+        finally:
+            client.close()
+
+    def stop(self, save: bool = False) -> None:
+        """Shut the server down; with ``save`` its data comes back on the next ``start``."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        client = self.client()
+        try:
+            client.shutdown(save=save, nosave=not save)
+        except redis.exceptions.ConnectionError:
+            pass  # the server closes the connection as it exits
+        finally:
+            client.close()
+        try:
+            process.wait(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): clients time out rather than being refused."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop for good, even if paused (SHUTDOWN NOSAVE: faster than waiting out SIGTERM)."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        self.resume()
+        try:
+            self.stop()
+        except redis.exceptions.RedisError:
+            process.kill()
+            process.wait()
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text().splitlines()[-5:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
