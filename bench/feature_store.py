@@ -341,6 +341,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    sys.argv = ["-m", "bench.feature_store", *arguments]  # results quote the command as typed
-    raise SystemExit(main(arguments))
+    raise SystemExit(main())

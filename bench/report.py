@@ -64,9 +64,18 @@ def commit() -> str:
         return "unknown"
 
 
+def command_line() -> str:
+    """The command as typed: ``python -m bench.x ...`` when run as a module, not the file path."""
+    script, *arguments = sys.argv
+    main = sys.modules.get("__main__")
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    words = ["python", "-m", module] if module else ["python", script]
+    return " ".join(shlex.quote(word) for word in [*words, *arguments])
+
+
 def header() -> dict[str, Any]:
     return {
-        "command": " ".join(shlex.quote(arg) for arg in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "commit": commit(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),

@@ -15,6 +15,7 @@ import torch
 
 from export.graphs import build_graph
 from export.onnx_io import (
+    OPSET,
     ExportError,
     export_module,
     graph_metadata,
@@ -41,7 +42,7 @@ def export_checkpoint(
     dtype = torch.float16 if fp16 else torch.float32
     options = {
         "fp16": fp16,
-        "opset": 18,
+        "opset": OPSET,
         "torch": torch.__version__,
         "checkpoint": str(checkpoint),
         "config": meta["config"],

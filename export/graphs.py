@@ -56,14 +56,33 @@ class IdRules(nn.Module):
         return tensor[:, -self.history_len :]
 
 
-class DirectGraph(nn.Module):
-    """One row per candidate: ``sigmoid(model(...))`` with the id rules. Outputs float32."""
+class RuledInputs(nn.Module):
+    """What both graphs do first: apply the id rules, cut the history, encode the items."""
 
-    def __init__(self, model: CTRModel, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: CTRModel, dtype: torch.dtype) -> None:
         super().__init__()
         self.model = model.eval()
         self.rules = IdRules(model)
         self.dtype = dtype
+
+    def encode(self, ids: torch.Tensor, tags: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        rules = self.rules
+        return self.model.items(rules.items(ids), rules.tags(tags), vectors.to(self.dtype))
+
+    def encode_history(
+        self, ids: torch.Tensor, tags: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoded (.., L, n), mask (.., L) bool): a raw id > 0 is a behaviour, known or not."""
+        recent = self.rules.recent
+        ids = recent(ids)
+        return self.encode(ids, recent(tags), recent(vectors)), ids > 0
+
+    def context(self, likes: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return self.model.context(self.rules.levels(likes), self.rules.levels(views))
+
+
+class DirectGraph(RuledInputs):
+    """One row per candidate: ``sigmoid(model(...))`` with the id rules. Outputs float32."""
 
     def forward(
         self,
@@ -76,30 +95,17 @@ class DirectGraph(nn.Module):
         history_tags: torch.Tensor,
         history_vectors: torch.Tensor,
     ) -> torch.Tensor:
-        rules, model = self.rules, self.model
-        history_ids = rules.recent(history_ids)
-        history_tags = rules.recent(history_tags)
-        history_vectors = rules.recent(history_vectors)
-        context = model.context(rules.levels(likes_level), rules.levels(views_level))
-        target = model.items(
-            rules.items(candidate_ids), rules.tags(candidate_tags), candidate_vectors.to(self.dtype)
-        )
-        history = model.items(
-            rules.items(history_ids), rules.tags(history_tags), history_vectors.to(self.dtype)
-        )
-        logits = model.score(context, target, history, history_ids > 0)
+        history, mask = self.encode_history(history_ids, history_tags, history_vectors)
+        target = self.encode(candidate_ids, candidate_tags, candidate_vectors)
+        logits = self.model.score(self.context(likes_level, views_level), target, history, mask)
         return torch.sigmoid(logits).float()
 
 
-class ServingGraph(nn.Module):
+class ServingGraph(RuledInputs):
     """Grouped by user: U histories once, C candidates each pointing at its user's row."""
 
     def __init__(self, model: CTRModel, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        model = model.eval()
-        self.model = model
-        self.rules = IdRules(model)
-        self.dtype = dtype
+        super().__init__(model, dtype)
         self.folded = isinstance(model, QIN)
         if not isinstance(model, QIN):
             return
@@ -150,21 +156,16 @@ class ServingGraph(nn.Module):
         likes_level: torch.Tensor,
         views_level: torch.Tensor,
     ) -> torch.Tensor:
-        rules, model = self.rules, self.model
-        history_ids = rules.recent(history_ids)
-        history_tags = rules.recent(history_tags)
-        history_vectors = rules.recent(history_vectors)
-        mask = (history_ids > 0).to(self.dtype)  # (U, L)
-        history = model.items(
-            rules.items(history_ids), rules.tags(history_tags), history_vectors.to(self.dtype)
-        )  # (U, L, n)
-        target = model.items(
-            rules.items(candidate_ids), rules.tags(candidate_tags), candidate_vectors.to(self.dtype)
-        )  # (C, n)
-        context = model.context(rules.levels(likes_level), rules.levels(views_level))
+        model = self.model
+        history, behaviour = self.encode_history(history_ids, history_tags, history_vectors)
+        target = self.encode(candidate_ids, candidate_tags, candidate_vectors)  # (C, n)
+        context = self.context(likes_level, views_level)
         if not self.folded:
-            logits = model.score(context, target, history[candidate_user], mask[candidate_user] > 0)
+            logits = model.score(
+                context, target, history[candidate_user], behaviour[candidate_user]
+            )
             return torch.sigmoid(logits).float()
+        mask = behaviour.to(self.dtype)  # (U, L)
         parts = [context, target]
         if hasattr(self, "attention_key"):
             parts.append(self._attend(target, history, mask, candidate_user))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from export.graphs import build_graph
 from export.onnx_io import run_session
@@ -197,9 +198,14 @@ def verification_requests(
 
 
 @torch.no_grad()
-def reference(model: CTRModel, requests: Requests, chunk: int = 2048) -> np.ndarray:
-    """PyTorch eval probabilities (float32 model, id rules applied), direct layout."""
-    graph = build_graph(model, "direct")
+def reference(
+    model: CTRModel, requests: Requests, chunk: int = 2048, graph: nn.Module | None = None
+) -> np.ndarray:
+    """PyTorch eval probabilities (float32 model, id rules applied), direct layout.
+
+    ``graph`` is ``build_graph(model, "direct")`` when the caller already has one.
+    """
+    graph = graph if graph is not None else build_graph(model, "direct")
     feeds = requests.direct()
     out = []
     for start in range(0, len(requests), chunk):
@@ -258,8 +264,9 @@ def check_parity(
     """Compare ``session`` with the PyTorch reference on every batch, against the tolerances."""
     diffs: dict[str, float] = {}
     outputs: dict[str, np.ndarray] = {}
+    direct = build_graph(model, "direct")  # one copy of the model for every batch
     for name, requests in batches.items():
-        expected = reference(model, requests)
+        expected = reference(model, requests, graph=direct)
         got = run_chunked(session, graph, requests)
         outputs[name] = expected
         if got.shape != expected.shape or not np.isfinite(got).all():

@@ -12,6 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from model.data import DataError, load_items
+from model.synth import ROW_SCHEMA
 from service.features.cache import ItemCache
 from service.features.errors import CorruptRecord, redacted
 from service.features.layout import (
@@ -75,17 +76,7 @@ def test_source_follows_the_rules(tiny_data: Path) -> None:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    schema = pa.schema(
-        [
-            ("user_id", pa.int64()),
-            ("item_seq", pa.list_(pa.int64())),
-            ("likes_level", pa.int64()),
-            ("views_level", pa.int64()),
-            ("item_id", pa.int64()),
-            ("label", pa.float32()),
-        ]
-    )
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), path)
 
 
 def _row(user: int, seq: list[int], item: int, likes: int = 5, views: int = 5) -> dict[str, Any]:
