@@ -8,14 +8,17 @@ the variable.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.schema import DEFAULT_HISTORY_LEN
 
 
 class Settings(BaseSettings):
-    """Settings of the feature store (and, later, of the HTTP service)."""
+    """Settings of the scoring service and its feature store."""
 
     model_config = SettingsConfigDict(extra="ignore", validate_default=True)
 
@@ -66,3 +69,94 @@ class Settings(BaseSettings):
             "by reads (the model reads the last 64)."
         ),
     )
+
+    # ---------------------------------------------------------------------------------------
+    # HTTP and model
+
+    model_path: Path = Field(
+        default=Path("artifacts/demo/model.onnx"),
+        description="The exported serving graph (python -m export). Loaded at start-up.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the HTTP server binds.")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description=(
+            "onnxruntime execution provider. auto: CUDA when the session really gets it, else "
+            "CPU (logged); cuda: CUDA or refuse to start; cpu: CPU only."
+        ),
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime intra-op threads of the CPU provider; 0 = one per core.",
+    )
+    max_candidates: int = Field(
+        default=1000,
+        ge=1,
+        description="Most candidates one /score request may carry (more: 422).",
+    )
+    max_history: int = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "Most item ids an explicit request history may carry (more: 422). Only the last "
+            "HISTORY_LEN are used."
+        ),
+    )
+    batch_max_candidates: int = Field(
+        default=2048,
+        ge=1,
+        description=(
+            "A model batch closes when it holds this many candidates (requests are never split, "
+            "so it is at least MAX_CANDIDATES)."
+        ),
+    )
+    batch_max_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Longest a queued request waits for others to join its batch, in milliseconds. The "
+            "model runs one batch at a time, so under load batches also fill while it is busy."
+        ),
+    )
+    batch_pad: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Pad each batch's candidates to a power of two (a bucket). auto: on CUDA only, where "
+            "fixed shapes let kernels and buffers be reused; on CPU padding only costs time."
+        ),
+    )
+    queue_max_candidates: int = Field(
+        default=16384,
+        ge=1,
+        description=(
+            "Candidates waiting for the model at most; a request that would exceed it is shed "
+            "at once with 429 instead of queueing without bound."
+        ),
+    )
+    request_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Deadline of a /score request from arrival. A request still waiting for features or "
+            "the model past it gets 504 and is dropped from its batch if not yet scored."
+        ),
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Log level of the service and of uvicorn."
+    )
+
+    @model_validator(mode="after")
+    def _batch_holds_a_request(self) -> Settings:
+        if self.batch_max_candidates < self.max_candidates:
+            raise ValueError(
+                f"BATCH_MAX_CANDIDATES ({self.batch_max_candidates}) must be at least "
+                f"MAX_CANDIDATES ({self.max_candidates}): a request is never split"
+            )
+        if self.queue_max_candidates < self.max_candidates:
+            raise ValueError(
+                f"QUEUE_MAX_CANDIDATES ({self.queue_max_candidates}) must be at least "
+                f"MAX_CANDIDATES ({self.max_candidates})"
+            )
+        return self

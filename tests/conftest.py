@@ -8,7 +8,7 @@ import pytest
 
 from model.synth import SynthConfig, generate
 
-pytest_plugins = ["tests.redis_server"]
+pytest_plugins = ["tests.redis_server", "tests.service_stack"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,224 @@
+"""The scoring engine: feature store + batcher + model, without any HTTP.
+
+``Engine.score`` is one request's path: read its features from Redis (one round trip when warm),
+queue it for the model, await its own scores. The HTTP layer (api.py) only parses, calls this
+and maps the domain errors to statuses. Start-up loads and warms the model in a thread while the
+server already answers ``/healthz`` and a 503 ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.batching import Batcher, DeadlineExceeded, Scored
+from service.features import FeatureStore, FeatureStoreError, ItemFeatures, StoreTimeout
+from service.features.layout import ITEM_VECTOR_DIM, TAGS_PER_ITEM
+from service.features.store import HistorySource
+from service.metrics import Metrics
+from service.packing import ScoringInput, buckets_up_to, pack
+from service.runtime import CUDA, ModelError, ModelRunner
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long a readiness probe waits for Redis.
+READY_PROBE_TIMEOUT_S = 0.5
+
+
+class NotReady(Exception):
+    """The model is not loaded and warmed yet (503)."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    scores: np.ndarray
+    model_version: str
+    feature_version: str
+    history_source: HistorySource
+    history_length: int
+
+
+class Engine:
+    """Owns the model runner, the batcher and the feature store of one service process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        runner: ModelRunner | None = None,
+        store: FeatureStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.runner = runner
+        self.store = store or FeatureStore.from_settings(settings)
+        self.batcher: Batcher | None = None
+        self.warmed = False
+        self.load_error: str | None = None
+        metrics.observe_store(lambda: self.store.stats)
+
+    # ----------------------------------------------------------------------------------------
+    # Life cycle
+
+    async def start(self) -> None:
+        """Load (unless given) and warm the model, then start batching. Errors are kept, not
+        raised: the process stays up and ``/readyz`` says what failed."""
+        try:
+            runner = self.runner
+            if runner is None:
+                settings = self.settings
+                runner = await asyncio.to_thread(
+                    ModelRunner, settings.model_path, settings.provider, settings.intra_op_threads
+                )
+            await asyncio.to_thread(self._warm_up, runner)
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("the model cannot be served: %s", exc)
+            return
+        self.runner = runner
+        info = runner.info
+        self.metrics.set_model(info.version, info.graph, info.provider)
+        self.batcher = Batcher(
+            self._infer,
+            max_candidates=self.settings.batch_max_candidates,
+            max_wait_s=self.settings.batch_max_wait_ms / 1000,
+            queue_max_candidates=self.settings.queue_max_candidates,
+            metrics=self.metrics,
+        )
+        self.batcher.start()
+        self.warmed = True
+        log.info("serving model %s on %s", info.version, info.provider)
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        await self.store.aclose()
+
+    @property
+    def pad(self) -> bool:
+        mode = self.settings.batch_pad
+        on_cuda = self.runner is not None and self.runner.info.provider == CUDA
+        return mode == "always" or (mode == "auto" and on_cuda)
+
+    def _warm_up(self, runner: ModelRunner) -> None:
+        """Run every batch bucket once, so no request pays for a first-shape allocation."""
+        check_schema(runner)
+        length = runner.schema["history_len"]
+        for size in buckets_up_to(self.settings.batch_max_candidates):
+            item = ScoringInput(history=_dummy_items(length), candidates=_dummy_items(size))
+            packed = pack([item], length)
+            scores = runner.run(packed.feeds)
+            if scores.shape != (size,) or not np.isfinite(scores).all():
+                raise RuntimeError(f"warm-up at {size} candidates gave bad scores {scores.shape}")
+
+    def _infer(self, items: Sequence[ScoringInput]) -> list[np.ndarray]:
+        runner = self.runner
+        assert runner is not None
+        packed = pack(items, runner.schema["history_len"], pad=self.pad)
+        return packed.split(runner.run(packed.feeds))
+
+    # ----------------------------------------------------------------------------------------
+    # Requests
+
+    async def score(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        *,
+        likes_level: Sequence[int] | None = None,
+        views_level: Sequence[int] | None = None,
+        history: Sequence[int] | None = None,
+        arrived: float | None = None,
+    ) -> ScoreResult:
+        arrived = time.monotonic() if arrived is None else arrived
+        deadline = arrived + self.settings.request_timeout_s
+        if self.batcher is None or self.runner is None:
+            raise NotReady(self.load_error or "the model is still loading")
+        override = None if history is None else np.asarray(history, np.int64)
+        try:
+            features = await asyncio.wait_for(
+                self.store.fetch(user_id, np.asarray(item_ids, np.int64), override),
+                max(deadline - time.monotonic(), 0.0),
+            )
+        except TimeoutError:
+            self.metrics.deadline_exceeded.labels(stage="redis").inc()
+            raise StoreTimeout("the feature store did not answer before the deadline") from None
+        except FeatureStoreError as exc:
+            self.metrics.feature_errors.labels(kind=type(exc).__name__).inc()
+            raise
+        fetched = time.monotonic()
+        item = ScoringInput(
+            features.history,
+            features.candidates,
+            None if likes_level is None else np.asarray(likes_level, np.int64),
+            None if views_level is None else np.asarray(views_level, np.int64),
+        )
+        try:
+            scored: Scored = await self.batcher.submit(item, deadline)
+        except DeadlineExceeded:
+            self.metrics.deadline_exceeded.labels(stage="queue").inc()
+            raise
+        stages = self.metrics.stage_seconds
+        stages.labels(stage="redis").observe(fetched - arrived)
+        stages.labels(stage="queue").observe(scored.queue_s)
+        stages.labels(stage="model").observe(scored.model_s)
+        stages.labels(stage="total").observe(time.monotonic() - arrived)
+        return ScoreResult(
+            scored.scores,
+            self.runner.info.version,
+            features.version,
+            features.history_source,
+            int((features.history.ids > 0).sum()),
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Readiness
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = model loaded and warmed, and Redis answers with a live feature version."""
+        runner = self.runner
+        model: dict[str, Any] = {"loaded": runner is not None, "warmed": self.warmed}
+        if runner is not None:
+            info = runner.info
+            model.update(version=info.version, graph=info.graph, provider=info.provider)
+        if self.load_error:
+            model["error"] = self.load_error
+        redis: dict[str, Any] = {"ok": False, "feature_version": None}
+        try:
+            live = await asyncio.wait_for(self.store.live_version(), READY_PROBE_TIMEOUT_S)
+            redis.update(ok=live is not None, feature_version=live)
+            if live is None:
+                redis["error"] = "no live feature version: run python -m service.features load"
+        except TimeoutError:
+            redis["error"] = "Redis did not answer in time"
+        except FeatureStoreError as exc:
+            redis["error"] = str(exc)
+        ready = self.warmed and redis["ok"]
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, {"ready": ready, "model": model, "redis": redis}
+
+
+def _dummy_items(count: int) -> ItemFeatures:
+    items = ItemFeatures.zeros(count)
+    items.ids[:] = np.arange(1, count + 1)
+    items.tags[:, 0] = 1
+    items.vectors[:] = 0.01
+    return items
+
+
+def check_schema(runner: ModelRunner) -> None:
+    """The model must read items as the feature store stores them (5 tags, 128-d vectors)."""
+    schema = runner.schema
+    if schema["tags_per_item"] != TAGS_PER_ITEM or schema["item_vector_dim"] != ITEM_VECTOR_DIM:
+        raise ModelError(
+            f"{runner.info.path}: the model reads {schema['tags_per_item']} tags and "
+            f"{schema['item_vector_dim']}-d vectors per item; the feature store holds "
+            f"{TAGS_PER_ITEM} and {ITEM_VECTOR_DIM}"
+        )
