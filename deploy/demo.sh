@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone with nothing but Python: install, generate a demo dataset in
 # the MicroLens format, train the small QIN preset on it, evaluate it on the test split, export it
-# to a parity-checked ONNX serving graph.
+# to a parity-checked ONNX serving graph; then (deploy/serve_demo.sh) start a Redis server, load
+# the features and serve POST /score on localhost, printing the URLs and an example request.
 #
 #   bash deploy/demo.sh
 #
-# Everything lands in artifacts/demo/ (git-ignored). A second run reuses the data and the trained
-# checkpoint; delete artifacts/demo/ to start over. Settings by environment variable:
-#   DEMO_DIR (artifacts/demo), DEMO_EPOCHS (3), DEMO_TRAIN_ROWS (200000)
+# Everything lands in artifacts/demo/ (git-ignored). A second run reuses the data, the trained
+# checkpoint and the model; delete artifacts/demo/ to start over. Settings by environment variable:
+#   DEMO_DIR (artifacts/demo), DEMO_EPOCHS (3), DEMO_TRAIN_ROWS (200000),
+#   DEMO_SERVE (1; 0 stops after the export), HOST (127.0.0.1), PORT (8000),
+#   DEMO_REDIS_URL (unset: a redis-server is started on DEMO_REDIS_PORT, 6399, and stopped on exit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,5 +50,8 @@ else
   echo "== reusing $DEMO_DIR/model.onnx"
 fi
 
-echo "== done in $(( $(date +%s) - started ))s: checkpoint $DEMO_DIR/checkpoint" \
+echo "== built in $(( $(date +%s) - started ))s: checkpoint $DEMO_DIR/checkpoint" \
   "(training curves: $DEMO_DIR/checkpoint/curves.png), model $DEMO_DIR/model.onnx"
+if [ "${DEMO_SERVE:-1}" = "1" ]; then
+  exec bash deploy/serve_demo.sh
+fi
