@@ -4,7 +4,8 @@
 
 README.md marks each table with ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; the text
 between the marks is replaced by bench/results/NAME.md. A mark whose result file does not exist
-yet says so instead.
+yet says so instead. The service's configuration table (``<!-- settings -->``) is regenerated from
+the settings class the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import re
 from pathlib import Path
 
 from bench.report import RESULTS_DIR
+from service.settings import settings_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(.*?)(<!-- /bench:(?P=name) -->)", re.S)
+SETTINGS = re.compile(r"(<!-- settings -->\n)(.*?)(<!-- /settings -->)", re.S)
 
 
 def refresh(text: str, results: Path = RESULTS_DIR) -> str:
@@ -29,7 +32,8 @@ def refresh(text: str, results: Path = RESULTS_DIR) -> str:
         )
         return f"{match.group(1)}{body}\n{match.group(4)}"
 
-    return MARK.sub(replace, text)
+    text = MARK.sub(replace, text)
+    return SETTINGS.sub(lambda m: f"{m.group(1)}{settings_markdown()}\n{m.group(3)}", text)
 
 
 def main() -> int:

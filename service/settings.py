@@ -160,3 +160,14 @@ class Settings(BaseSettings):
                 f"MAX_CANDIDATES ({self.max_candidates})"
             )
         return self
+
+
+def settings_markdown() -> str:
+    """The configuration table of the README, generated from the fields (so it cannot drift)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = default if not isinstance(default, Path) else default.as_posix()
+        text = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | `{shown}` | {text} |")
+    return "\n".join(rows)

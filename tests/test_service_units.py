@@ -242,3 +242,13 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROVIDER", "tpu")
     with pytest.raises(ValidationError, match="provider"):
         Settings()
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    """The README's configuration table is the generated one (python -m bench.readme)."""
+    from pathlib import Path
+
+    from service.settings import settings_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_markdown() in readme
