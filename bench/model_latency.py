@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from bench.report import markdown_table, write_result
-from export.graphs import build_graph
+from export.graphs import GEMM_ATTENTION_MAX_USERS, build_graph
 from export.onnx_io import export_module, graph_metadata, make_session
 from export.parity import Requests
 from model.base import CTRModel
@@ -57,14 +57,17 @@ def multiply_adds(config: ModelConfig, schema: FeatureSchema, users: int, candid
         sizes = [width, *config.mlp_hidden]
         interaction_direct = interaction_serving = sum(x * y for x, y in itertools.pairwise(sizes))
     head = width if config.interaction == "qnn" else config.mlp_hidden[-1]
-    attention_direct = attention_serving_user = 0
-    attention_serving = 0
+    attention_direct = attention_serving = 0
     if config.attention != "none":
-        attention_direct = n * a + 2 * L * n * a + 2 * L * a + a * n
-        attention_serving = 2 * L * n
-        attention_serving_user = L * 2 * n * n
+        # Direct (the training forward, re-associated as model/layers.py does): W_kᵀW_q t and
+        # W_o W_v (Σ w s) are four n x a products, plus the scores and pooling over L items.
+        attention_direct = 4 * n * a + 2 * L * n
+        # Serving: the two folded n x n maps per candidate, then scores and pooling against the
+        # history: every user's (GEMMs) for few users, the candidate's own (gathered) otherwise.
+        searched = users if users <= GEMM_ATTENTION_MAX_USERS else 1
+        attention_serving = 2 * n * n + 2 * searched * L * n
     direct = (L + 1) * encode + attention_direct + interaction_direct + head
-    per_user = L * encode + attention_serving_user
+    per_user = L * encode
     serving = (
         encode + attention_serving + interaction_serving + head + per_user * users / candidates
     )

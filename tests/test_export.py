@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from export import __main__ as export_cli
-from export import folding
-from export.graphs import build_graph
+from export import folding, graphs
+from export.graphs import GEMM_ATTENTION_MAX_USERS, ServingGraph, build_graph
 from export.onnx_io import make_session, read_metadata, run_session
 from export.parity import Requests, reference, verification_requests
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -127,8 +127,9 @@ def test_serving_graph_in_torch_equals_the_training_forward(overrides: list[str]
 @pytest.mark.parametrize("graph", ["serving", "direct", "fp16"])
 @pytest.mark.parametrize(
     ("users", "history", "per_user"),
-    [(1, 0, 1), (1, 1, 50), (1, 64, 200), (8, 64, 25), (3, 100, 7)],
-)
+    [(1, 0, 1), (1, 1, 50), (1, 64, 200), (8, 64, 25), (3, 100, 7),
+     (GEMM_ATTENTION_MAX_USERS, 64, 3), (GEMM_ATTENTION_MAX_USERS + 1, 64, 3)],
+)  # fmt: skip
 def test_onnx_session_matches_pytorch(
     sessions: dict[str, Path],
     qin_checkpoint: Path,
@@ -144,6 +145,55 @@ def test_onnx_session_matches_pytorch(
     expected = reference(model, requests)
     assert got.dtype == np.float32 and got.shape == (users * per_user,)
     assert np.abs(got - expected).max() <= (2e-3 if graph == "fp16" else 1e-5)
+
+
+def shuffled(requests: Requests, seed: int = 3) -> Requests:
+    """The same candidates in a random order: users' candidates interleaved, not in blocks."""
+    order = np.random.default_rng(seed).permutation(len(requests))
+    per_candidate = ["candidate_user", "candidate_ids", "candidate_tags", "candidate_vectors",
+                     "likes_level", "views_level"]  # fmt: skip
+    return Requests(**{k: v[order] if k in per_candidate else v for k, v in vars(requests).items()})
+
+
+@pytest.mark.parametrize("scoring", ["relu", "softmax"])
+@pytest.mark.parametrize("most_users", [0, 10**6], ids=["gather", "gemm"])
+def test_both_attention_paths_equal_the_training_forward(
+    scoring: str, most_users: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graphs, "GEMM_ATTENTION_MAX_USERS", most_users)
+    model = trained_like([f"attention={scoring}"])
+    requests = shuffled(random_requests(users=5, history=64, per_user=6))
+    requests.history_ids[2] = 0  # a user without behaviours: all weights 0
+    feeds = {k: torch.from_numpy(v) for k, v in requests.serving().items()}
+    with torch.no_grad():
+        got = build_graph(model, "serving")(**feeds).numpy()
+    assert np.abs(got - reference(model, requests)).max() <= 1e-5
+
+
+def test_exported_serving_graph_picks_the_attention_path_at_run_time(
+    sessions: dict[str, Path], qin_checkpoint: Path
+) -> None:
+    # Traced with 2 users: a Python branch would have frozen the GEMM path into the file.
+    nodes = onnx.load(str(sessions["serving"])).graph.node
+    assert [node.op_type for node in nodes].count("If") == 1
+    model, _ = load_checkpoint(qin_checkpoint)
+    session = make_session(sessions["serving"])
+    for users in (2, GEMM_ATTENTION_MAX_USERS + 3):
+        requests = shuffled(random_requests(users=users, history=64, per_user=4))
+        got = run_session(session, requests.serving())
+        assert np.abs(got - reference(model, requests)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("slope", [0.25, -0.5, 0.0, 1.75])
+def test_split_prelu_is_prelu_bit_for_bit(slope: float) -> None:
+    graph = build_graph(trained_like([]), "serving")
+    assert isinstance(graph, ServingGraph) and graph.prelu
+    with torch.no_grad():
+        graph.layer_slopes[0].fill_(slope)
+    q = torch.cat([torch.randn(4096) * 3, torch.tensor([0.0, -0.0, 1e-40, -1e-40, 1e30, -1e30])])
+    prelu = torch.nn.PReLU(init=slope)
+    with torch.no_grad():
+        assert torch.equal(graph._activate(q, 0), prelu(q))
 
 
 def test_longer_history_reads_only_the_most_recent_items(sessions: dict[str, Path]) -> None:
