@@ -34,7 +34,12 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        runner = ModelRunner(settings.model_path, settings.provider, settings.intra_op_threads)
+        runner = ModelRunner(
+            settings.model_path,
+            settings.provider,
+            settings.intra_op_threads,
+            settings.ort_spinning,
+        )
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -167,9 +167,10 @@ class Batcher:
         self._queued += size
         self._gauge()
         self._wake.set()
+        loop = asyncio.get_running_loop()
         try:
-            remaining = deadline - time.monotonic()
-            return await asyncio.wait_for(asyncio.shield(job.future), max(remaining, 0.0))
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                return await asyncio.shield(job.future)
         except TimeoutError:
             job.future.cancel()  # the worker skips it if it has not started
             raise DeadlineExceeded("the request's deadline passed before it was scored") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ class ModelInfo:
     export_options: dict[str, Any]
 
 
+def default_threads() -> int:
+    """One intra-op thread per core this process may use, less one for the event loop."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def choose_providers(requested: str, available: list[str]) -> list[str]:
     """Providers to ask onnxruntime for, best first, for ``requested`` (auto | cuda | cpu)."""
     if requested == "cpu":
@@ -67,15 +77,22 @@ def check_provider(requested: str, asked: list[str], got: list[str]) -> str:
 class ModelRunner:
     """One loaded serving graph. ``run`` is blocking and thread-safe; call it off the event loop."""
 
-    def __init__(self, path: Path, provider: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        spinning: bool = False,
+    ) -> None:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file (MODEL_PATH); run python -m export")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        options.intra_op_num_threads = intra_op_threads or default_threads()
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         asked = choose_providers(provider, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(path), options, providers=asked)

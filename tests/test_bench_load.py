@@ -1,0 +1,301 @@
+"""The load benchmark's pure parts: open-loop schedule, summary, HTTP framing, ladder, verdicts.
+
+No timing is asserted: the machine is shared. One test runs the generator for real against a
+tiny in-process HTTP server, to check that every scheduled request is sent and recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.loadgen import (
+    STATUS_ERROR,
+    STATUS_TIMEOUT,
+    ConnectionPool,
+    HttpError,
+    OpenLoopRun,
+    Outcome,
+    http_request,
+    parse_head,
+    percentiles_ms,
+    read_users,
+    schedule,
+    score_bodies,
+    summarize,
+)
+from bench.service_load import (
+    comparison,
+    ladder,
+    mean_batch,
+    parse_metrics,
+    python_command,
+    sustained,
+)
+
+# --------------------------------------------------------------------------------------------
+# Schedule and summary
+
+
+def test_schedule_is_index_over_rate_without_drift() -> None:
+    due = schedule(1000.0, 30.0)
+    assert len(due) == 30_000
+    assert due[0] == 0.0
+    assert due[-1] == 29_999 / 1000.0  # computed from the index, not accumulated
+    assert np.all(np.diff(due) > 0)
+
+
+def test_schedule_counts_fractional_rates_and_rejects_nonsense() -> None:
+    assert len(schedule(7.5, 2.0)) == 15
+    assert len(schedule(3.0, 0.5)) == 1
+    with pytest.raises(ValueError):
+        schedule(0.0, 10.0)
+
+
+def test_percentiles_are_nearest_rank_in_ms() -> None:
+    seconds = np.arange(1, 101) / 1000.0  # 1..100 ms
+    figures = percentiles_ms(seconds)
+    assert figures == {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0, "max_ms": 100.0}
+    assert percentiles_ms(np.zeros(0))["p99_ms"] is None
+
+
+def outcome(latency: float, statuses: list[int], rate: float = 10.0) -> Outcome:
+    due = schedule(rate, len(statuses) / rate)
+    result = Outcome.empty(due)
+    result.started[:] = due
+    result.sent[:] = due + 0.001
+    result.done[:] = due + latency
+    result.status[:] = statuses
+    return result
+
+
+def test_summary_leaves_warmup_out_and_counts_statuses() -> None:
+    statuses = [500] * 10 + [200] * 85 + [429] * 3 + [STATUS_TIMEOUT, STATUS_ERROR]
+    summary = summarize(outcome(0.02, statuses), rate=10.0, duration=10.0, warmup=1.0, candidates=5)
+    assert summary["requests"] == 90  # the first second (the ten 500s) is warm-up
+    assert summary["status_counts"] == {"200": 85, "429": 3, "timeout": 1, "error": 1}
+    assert summary["ok"] == 85
+    assert summary["non_ok"] == 5
+    assert summary["timeouts"] == 1 and summary["errors"] == 1
+    assert summary["latency"]["p50_ms"] == pytest.approx(20.0)
+    assert summary["latency_from_send"]["p50_ms"] == pytest.approx(19.0)
+    assert summary["send_lag"]["max_ms"] == pytest.approx(1.0)
+    assert summary["achieved_rate"] == pytest.approx(85 / 9.0)
+    assert summary["requests_per_s"] == pytest.approx(88 / 9.0)
+    assert summary["candidates_per_s"] == pytest.approx(85 * 5 / 9.0)
+    assert summary["generator_late"] is False
+
+
+def test_summary_stretches_the_span_when_the_server_falls_behind() -> None:
+    late = outcome(0.01, [200] * 100)
+    late.done[:] = late.scheduled + np.linspace(0.0, 10.0, 100)  # a growing backlog
+    summary = summarize(late, rate=10.0, duration=10.0, warmup=0.0, candidates=1)
+    assert summary["span_s"] == pytest.approx(late.done.max())
+    assert summary["achieved_rate"] < 0.6 * summary["offered_rate"]
+
+
+def test_summary_of_a_run_with_no_answers() -> None:
+    summary = summarize(
+        outcome(0.0, [STATUS_ERROR] * 20), rate=10.0, duration=2.0, warmup=0.0, candidates=3
+    )
+    assert summary["achieved_rate"] == 0.0
+    assert summary["latency"]["p99_ms"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and HTTP framing
+
+
+def test_score_bodies_draw_users_and_candidates_in_range() -> None:
+    import json
+
+    bodies = score_bodies(np.array([4, 8]), item_vocab=50, candidates=100, count=20, history=64)
+    decoded = [json.loads(body) for body in bodies]
+    assert {d["user_id"] for d in decoded} <= {4, 8}
+    assert all(len(d["item_ids"]) == 100 and len(d["history"]) == 64 for d in decoded)
+    assert all(1 <= i < 50 for d in decoded for i in d["item_ids"] + d["history"])
+    stored = json.loads(score_bodies(np.array([4]), 50, 3, 1)[0])
+    assert "history" not in stored
+
+
+def test_read_users_from_file_and_list(tmp_path: Any) -> None:
+    path = tmp_path / "users.txt"
+    path.write_text("# users with 64 items\n3\n\n5  # trailing comment\n")
+    assert read_users(path, "7,9").tolist() == [3, 5, 7, 9]
+    with pytest.raises(ValueError):
+        read_users(None, "")
+
+
+def test_http_request_frames_the_body() -> None:
+    wire = http_request("POST", "h:1", "/score", b'{"a":1}')
+    head, body = wire.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /score HTTP/1.1\r\n")
+    assert b"Content-Length: 7" in head and body == b'{"a":1}'
+    assert b"Content-Length" not in http_request("GET", "h:1", "/healthz")
+
+
+def test_parse_head_reads_framing_and_keep_alive() -> None:
+    head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nServer: x\r\n\r\n")
+    assert (head.status, head.content_length, head.chunked, head.keep_alive) == (
+        200, 12, False, True,
+    )  # fmt: skip
+    closing = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n")
+    assert closing.status == 503 and not closing.keep_alive and closing.content_length is None
+    chunked = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert chunked.chunked
+    assert not parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive
+    with pytest.raises(HttpError):
+        parse_head(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+async def _tiny_server(statuses: list[int]) -> asyncio.Server:
+    """Answers each request with the next status of ``statuses`` (keep-alive, chunked on 202)."""
+    answers = iter(statuses)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length")),
+                    0,
+                )  # fmt: skip
+                await reader.readexactly(length)
+                status = next(answers, 200)
+                if status == 202:
+                    writer.write(b"HTTP/1.1 202 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    writer.write(b"3\r\nabc\r\n0\r\n\r\n")
+                else:
+                    writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode())
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_open_loop_run_sends_every_request_and_records_it() -> None:
+    statuses = [200] * 20 + [429, 202] + [200] * 18
+
+    async def scenario() -> Outcome:
+        server = await _tiny_server(statuses)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool("127.0.0.1", port, limit=4)
+        request = http_request("POST", f"127.0.0.1:{port}", "/score", b"{}")
+        try:
+            return await OpenLoopRun(pool, [request], schedule(200.0, 0.2), 5.0).run()
+        finally:
+            pool.close()
+            server.close()
+            await server.wait_closed()
+
+    result = asyncio.run(scenario())
+    assert len(result.status) == 40
+    assert sorted(result.status.tolist()) == sorted(statuses)
+    assert not np.isnan(result.sent).any() and np.all(result.done >= result.sent)
+    assert np.all(result.started >= result.scheduled)
+
+
+def test_unreachable_target_is_recorded_as_errors() -> None:
+    async def scenario() -> Outcome:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # nobody listens on ``port`` now
+        pool = ConnectionPool("127.0.0.1", port, limit=2)
+        return await OpenLoopRun(pool, [b"GET / HTTP/1.1\r\n\r\n"], schedule(100, 0.05), 2).run()
+
+    assert set(asyncio.run(scenario()).status.tolist()) == {STATUS_ERROR}
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration: ladder, verdicts, metrics
+
+
+def test_ladder_is_geometric_and_bounded() -> None:
+    assert ladder(10, 2, 100) == [10, 20, 40, 80]
+    assert ladder(5, 1.6, 30) == [5, 8, 12.8, 20.5]
+    with pytest.raises(ValueError):
+        ladder(10, 1.0, 100)
+
+
+def step(offered: float, achieved: float, p50: float, p99: float | None) -> dict[str, Any]:
+    return {
+        "offered_rate": offered,
+        "achieved_rate": achieved,
+        "ok": 0 if p99 is None else 100,
+        "latency": {"p50_ms": p50, "p99_ms": p99},
+        "latency_from_send": {"p50_ms": p50 - 0.5, "p99_ms": p99},
+    }
+
+
+def test_sustained_needs_p99_and_rate() -> None:
+    assert sustained(step(100, 95, 5, 40))
+    assert not sustained(step(100, 95, 5, 60))  # tail too long
+    assert not sustained(step(100, 80, 5, 10))  # fell behind or shed
+    assert not sustained(step(100, 0, 0, None))
+
+
+def test_comparison_headline_figures() -> None:
+    naive = [step(10, 10, 20, 30), step(20, 19.5, 25, 45), step(40, 22, 900, 2000)]
+    service = [
+        step(20, 20, 3.0, 6),
+        step(40, 40, 3.2, 7),
+        step(80, 79, 4, 12),
+        step(160, 100, 9, 80),
+    ]
+    summary = comparison(service, naive, floor_ms=1.0)
+    assert summary["naive_max_sustainable_rate"] == 20
+    assert summary["overhead_at_rate"] == 20
+    assert summary["service_p50_minus_floor_ms"] == pytest.approx(1.5)  # 3.0 - 0.5 - 1.0
+    assert summary["service_p50_minus_floor_from_due_ms"] == pytest.approx(2.0)
+    assert summary["service_max_rate_p99_50ms"] == 79
+    assert summary["naive_max_rate_p99_50ms"] == 19.5
+    assert summary["throughput_ratio"] == pytest.approx(79 / 19.5)
+    assert summary["naive_peak_rate"] == 22
+    assert summary["throughput_ratio_vs_naive_peak"] == pytest.approx(79 / 22)
+    assert summary["targets"]["overhead_met"] and not summary["targets"]["ratio_met"]
+
+
+def test_comparison_when_naive_sustains_nothing() -> None:
+    summary = comparison([step(5, 5, 3, 6)], [step(5, 3, 80, 200)], floor_ms=1.0)
+    assert summary["naive_max_sustainable_rate"] is None
+    assert summary["overhead_at_rate"] == 5  # the service's lowest step stands in
+    assert summary["throughput_ratio"] is None
+    assert summary["throughput_ratio_vs_naive_peak"] == pytest.approx(5 / 3)
+
+
+METRICS = """\
+# HELP qin_batch_candidates Candidates per model batch.
+# TYPE qin_batch_candidates histogram
+qin_batch_candidates_bucket{le="100.0"} 3.0
+qin_batch_candidates_sum{model="a"} 1200.0
+qin_batch_candidates_count{model="a"} 6.0
+qin_batch_candidates_sum{model="b"} 300.0
+qin_batch_candidates_count{model="b"} 3.0
+qin_batch_requests_sum 15.0
+qin_batch_requests_count 9.0
+qin_requests_total{status="200"} 15.0
+"""
+
+
+def test_metrics_parsing_and_mean_batch() -> None:
+    after = parse_metrics(METRICS)
+    assert after["qin_batch_candidates_sum"] == 1500.0
+    assert after["qin_batch_candidates_count"] == 9.0
+    before = {"qin_batch_candidates_sum": 500.0, "qin_batch_candidates_count": 4.0}
+    assert mean_batch(before, after, "qin_batch_candidates") == pytest.approx(200.0)
+    assert mean_batch({}, after, "qin_batch_candidates") is None  # absent before: no delta
+    assert mean_batch(after, after, "qin_batch_candidates") is None  # no batches in between
+    assert parse_metrics("qin_requests_total 3\n") == {}
+
+
+def test_python_command_uses_this_interpreter() -> None:
+    import sys
+
+    assert python_command("python -m service --x 'a b'") == [
+        sys.executable, "-m", "service", "--x", "a b",
+    ]  # fmt: skip
