@@ -8,16 +8,21 @@ list) rather than through FastAPI's encoder: a few hundred floats per request ad
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import SecretStr
 
 from service.batching import BatcherClosed, BatchFailed, DeadlineExceeded, QueueFull
 from service.engine import Engine, NotReady
@@ -29,8 +34,14 @@ from service.features import (
     StoreUnavailable,
 )
 from service.metrics import CONTENT_TYPE, Metrics
-from service.runtime import ModelRunner
-from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse
+from service.runtime import ModelError, ModelRunner
+from service.schemas import (
+    ErrorResponse,
+    ReloadRequest,
+    ReloadResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,9 +107,12 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        hangup = _reload_on_sighup(engine)
         try:
             yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await engine.stop()
 
     app = FastAPI(
@@ -107,7 +121,10 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
         "Network on onnxruntime, with features from Redis.",
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
+    score_key = Depends(_key_checker(settings.api_key, "API_KEY"))
+    admin_key = Depends(_key_checker(settings.admin_api_key, "ADMIN_API_KEY", required=True))
     app.state.engine = engine
     app.state.metrics = metrics
     app.add_middleware(_CountScoreRequests, metrics=metrics)
@@ -117,6 +134,7 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
         response_model=ScoreResponse,
         responses=_documented_errors(),
         summary="Score a user's candidates",
+        dependencies=[score_key],
     )
     async def score(body: ScoreRequest) -> Response:
         arrived = time.monotonic()
@@ -145,6 +163,30 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
         }
         return Response(json.dumps(payload), media_type="application/json")
 
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        responses={403: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        summary="Load a model file, validate it and swap it in (the old one serves until then)",
+        dependencies=[admin_key],
+    )
+    async def reload(body: ReloadRequest | None = None) -> JSONResponse:
+        path = Path(body.model_path) if body and body.model_path else None
+        try:
+            old, new = await engine.reload(path)
+        except ModelError as exc:
+            return JSONResponse({"detail": str(exc), "error": "model_refused"}, 422)
+        except NotReady as exc:
+            return error_response(exc)
+        return JSONResponse(
+            {
+                "model_version": new.version,
+                "previous_version": old.version,
+                "provider": new.provider,
+                "model_path": str(new.path),
+            }
+        )
+
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -159,6 +201,51 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _key_checker(
+    secret: SecretStr | None, setting: str, required: bool = False
+) -> Callable[[Request], None]:
+    """A dependency that checks ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (constant
+    time). Without a configured key the route is open, or refused when ``required``."""
+    expected = secret.get_secret_value().encode() if secret else None
+
+    def check(request: Request) -> None:
+        if expected is None:
+            if required:
+                raise HTTPException(403, f"disabled: set {setting} to enable")
+            return
+        given = request.headers.get("x-api-key", "")
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        if not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(
+                401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    return check
+
+
+def _reload_on_sighup(engine: Engine) -> bool:
+    """SIGHUP reloads MODEL_PATH (as POST /admin/reload does). Only the main thread of a
+    process can own signals: an app run in a thread (tests) has no handler."""
+    loop = asyncio.get_running_loop()
+
+    def hangup() -> None:
+        task = loop.create_task(engine.reload())
+        task.add_done_callback(_log_reload)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
+def _log_reload(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("SIGHUP reload failed: %s", task.exception())
 
 
 Scope = MutableMapping[str, Any]

@@ -30,8 +30,9 @@ from service.packing import ScoringInput
 
 log = logging.getLogger(__name__)
 
-#: Scores a batch: one array of probabilities per input, in order. Blocking; runs in a thread.
-Infer = Callable[[Sequence[ScoringInput]], list[np.ndarray]]
+#: Scores a batch: one array of probabilities per input, in order, and the version of the model
+#: that computed them (a hot reload may swap models between two batches). Blocking; in a thread.
+Infer = Callable[[Sequence[ScoringInput]], tuple[list[np.ndarray], str]]
 
 
 class BatchingError(Exception):
@@ -75,6 +76,7 @@ class Scored:
     model_s: float  # its batch's packing and inference
     batch_requests: int
     batch_candidates: int
+    model_version: str
 
 
 def flush_delay(queued: int, oldest_age: float, max_candidates: int, max_wait: float) -> float:
@@ -218,7 +220,7 @@ class Batcher:
         candidates = sum(job.size for job in batch)
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(
+            results, version = await loop.run_in_executor(
                 self._executor, self._infer, [job.item for job in batch]
             )
             if len(results) != len(batch):
@@ -241,7 +243,7 @@ class Batcher:
             if not job.future.done():
                 queued = started - job.enqueued
                 job.future.set_result(
-                    Scored(scores, queued, finished - started, len(batch), candidates)
+                    Scored(scores, queued, finished - started, len(batch), candidates, version)
                 )
 
     def _gauge(self) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,14 @@ from service.features import FeatureStore, FeatureStoreError, ItemFeatures, Stor
 from service.features.layout import ITEM_VECTOR_DIM, TAGS_PER_ITEM
 from service.features.store import HistorySource
 from service.metrics import Metrics
-from service.packing import ScoringInput, buckets_up_to, pack
-from service.runtime import CUDA, ModelError, ModelRunner
+from service.packing import PackedBatch, ScoringInput, buckets_up_to, pack
+from service.runtime import CUDA, ModelError, ModelInfo, ModelRunner
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: A reloaded file with the serving model's version must match it this closely on a sample.
+SAME_VERSION_TOLERANCE = 1e-6
 #: How long a readiness probe waits for Redis.
 READY_PROBE_TIMEOUT_S = 0.5
 
@@ -69,6 +72,7 @@ class Engine:
         self.batcher: Batcher | None = None
         self.warmed = False
         self.load_error: str | None = None
+        self._reload_lock = asyncio.Lock()
         metrics.observe_store(lambda: self.store.stats)
 
     # ----------------------------------------------------------------------------------------
@@ -117,6 +121,77 @@ class Engine:
             await self.batcher.close()
         await self.store.aclose()
 
+    async def reload(self, path: Path | None = None) -> tuple[ModelInfo, ModelInfo]:
+        """Load ``path`` (default MODEL_PATH, read again), validate it, swap it in.
+
+        Validation before the swap: the file loads, is a parity-checked serving graph this
+        service can feed, warms on every bucket with finite scores, and scores a sample batch
+        finitely. Any failure raises ModelError and leaves the serving model untouched. The swap
+        is one assignment between batches: a batch runs wholly on the old or the new model, and
+        each answer names the version that scored it. Returns (old, new).
+        """
+        async with self._reload_lock:
+            old = self.runner
+            if old is None or self.batcher is None:
+                raise NotReady(self.load_error or "the model is still loading")
+            settings = self.settings
+            target = Path(path) if path is not None else settings.model_path
+            try:
+                new = await asyncio.to_thread(
+                    ModelRunner,
+                    target,
+                    settings.provider,
+                    settings.intra_op_threads,
+                    settings.ort_spinning,
+                )
+                await asyncio.to_thread(self._validate, new)
+            except ModelError as exc:
+                self.metrics.reloads.labels(outcome="refused").inc()
+                log.error("model reload refused, still serving %s: %s", old.info.version, exc)
+                raise
+            except Exception as exc:
+                self.metrics.reloads.labels(outcome="refused").inc()
+                log.error("model reload refused, still serving %s: %s", old.info.version, exc)
+                raise ModelError(f"{target}: {exc}") from exc
+            self.runner = new
+            info = new.info
+            self.metrics.set_model(info.version, info.graph, info.provider)
+            self.metrics.reloads.labels(outcome="swapped").inc()
+            log.info("model %s replaced by %s (%s)", old.info.version, info.version, target)
+            return old.info, info
+
+    def _validate(self, runner: ModelRunner) -> None:
+        parity = runner.metadata.get("parity")
+        if not isinstance(parity, dict) or parity.get("passed") is not True:
+            raise ModelError(
+                f"{runner.info.path}: no passed parity check in its metadata (export it with "
+                "python -m export, which verifies it against PyTorch)"
+            )
+        if runner.schema["history_len"] != self._history_len:
+            raise ModelError(
+                f"{runner.info.path}: reads {runner.schema['history_len']} history items; the "
+                f"serving model reads {self._history_len}"
+            )
+        self._warm_up(runner)
+        sample = _sample_batch(self._history_len)
+        scores = runner.run(sample.feeds)
+        if not (np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
+            raise ModelError(f"{runner.info.path}: scores outside [0, 1] on a sample batch")
+        current = self.runner
+        if current is not None and current.info.version == runner.info.version:
+            # the same model again (a re-export, a copy): it must score like the one serving
+            difference = float(np.abs(current.run(sample.feeds) - scores).max())
+            if difference > SAME_VERSION_TOLERANCE:
+                raise ModelError(
+                    f"{runner.info.path}: claims version {runner.info.version} but differs from "
+                    f"the serving copy by {difference:.2g} on a sample batch"
+                )
+
+    @property
+    def _history_len(self) -> int:
+        assert self.runner is not None
+        return int(self.runner.schema["history_len"])
+
     @property
     def pad(self) -> bool:
         mode = self.settings.batch_pad
@@ -132,13 +207,13 @@ class Engine:
             packed = pack([item], length)
             scores = runner.run(packed.feeds)
             if scores.shape != (size,) or not np.isfinite(scores).all():
-                raise RuntimeError(f"warm-up at {size} candidates gave bad scores {scores.shape}")
+                raise ModelError(f"{runner.info.path}: bad scores at warm-up ({size} candidates)")
 
-    def _infer(self, items: Sequence[ScoringInput]) -> list[np.ndarray]:
-        runner = self.runner
+    def _infer(self, items: Sequence[ScoringInput]) -> tuple[list[np.ndarray], str]:
+        runner = self.runner  # read once: a reload swaps it between batches, never within one
         assert runner is not None
         packed = pack(items, runner.schema["history_len"], pad=self.pad)
-        return packed.split(runner.run(packed.feeds))
+        return packed.split(runner.run(packed.feeds)), runner.info.version
 
     # ----------------------------------------------------------------------------------------
     # Requests
@@ -186,7 +261,7 @@ class Engine:
         stages.labels(stage="total").observe(time.monotonic() - arrived)
         return ScoreResult(
             scored.scores,
-            self.runner.info.version,
+            scored.model_version,
             features.version,
             features.history_source,
             int((features.history.ids > 0).sum()),
@@ -217,6 +292,22 @@ class Engine:
         ready = self.warmed and redis["ok"]
         self.metrics.ready.set(1 if ready else 0)
         return ready, {"ready": ready, "model": model, "redis": redis}
+
+
+def _sample_batch(history_len: int) -> PackedBatch:
+    """Four users with histories of 0, 1, half and full length, 1 to 40 candidates each."""
+    rng = np.random.default_rng(0)
+    inputs = []
+    for user, (length, count) in enumerate(
+        [(0, 1), (1, 7), (history_len // 2, 40), (history_len, 20)]
+    ):
+        history, candidates = _dummy_items(length), _dummy_items(count)
+        for items in (history, candidates):
+            items.vectors[:] = rng.standard_normal(items.vectors.shape) * 0.06
+            items.likes[:] = rng.integers(0, 11, len(items))
+            items.ids[:] += user * 100
+        inputs.append(ScoringInput(history, candidates))
+    return pack(inputs, history_len)
 
 
 def _dummy_items(count: int) -> ItemFeatures:

@@ -125,6 +125,12 @@ class Metrics:
             ["version", "graph", "provider"],
             registry=r,
         )
+        self.reloads = Counter(
+            "qin_model_reloads",
+            "Model hot reloads, by outcome: swapped, or refused (the old model kept serving).",
+            ["outcome"],
+            registry=r,
+        )
         self.ready = Gauge("qin_ready", "1 when /readyz answers 200, else 0.", registry=r)
 
     def observe_store(self, stats: Callable[[], StoreStats | None]) -> None:

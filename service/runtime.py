@@ -100,6 +100,7 @@ class ModelRunner:
             raise ModelError(f"{path}: onnxruntime cannot load it ({exc})") from exc
         real = check_provider(provider, asked, self.session.get_providers())
         self.info = _read_info(path, self.session, real)
+        self.metadata = _decoded_metadata(self.session)
         self._check_inputs()
         self._cuda = real == CUDA
 
@@ -128,6 +129,17 @@ class ModelRunner:
         binding.bind_output(OUTPUT, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0])
+
+
+def _decoded_metadata(session: ort.InferenceSession) -> dict[str, Any]:
+    """The exporter's metadata, JSON values decoded where they are JSON."""
+    decoded: dict[str, Any] = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            decoded[key] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key] = value
+    return decoded
 
 
 def _read_info(path: Path, session: ort.InferenceSession, provider: str) -> ModelInfo:

@@ -82,6 +82,20 @@ class ScoreResponse(BaseModel):
     history_length: int = Field(description="Behaviours the model read (at most HISTORY_LEN).")
 
 
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_path: str | None = Field(
+        default=None, description="The file to load; default: MODEL_PATH, read again."
+    )
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str
+    provider: str
+    model_path: str
+
+
 class ErrorResponse(BaseModel):
     detail: str
     error: str = Field(description="A stable code: queue_full, deadline_exceeded, ...")

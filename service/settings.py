@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.schema import DEFAULT_HISTORY_LEN
@@ -155,6 +155,25 @@ class Settings(BaseSettings):
             "Deadline of a /score request from arrival. A request still waiting for features or "
             "the model past it gets 504 and is dropped from its batch if not yet scored."
         ),
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "When set, /score requires it (header 'Authorization: Bearer KEY' or 'X-API-Key: "
+            "KEY'); unset, /score is open (a service behind a private network)."
+        ),
+    )
+    admin_api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Required by the admin endpoints (POST /admin/reload), same headers; unset, they "
+            "answer 403 (SIGHUP still reloads)."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413 before being read.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the service and of uvicorn."

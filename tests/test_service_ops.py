@@ -1,0 +1,267 @@
+"""Operating the service: hot reload (admin endpoint and SIGHUP), API keys, body limits, and
+graceful shutdown on SIGTERM. Real processes where signals are involved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from pydantic import SecretStr
+
+from export.exporter import export_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import build_config
+from service.features.testing import RedisServer, free_port
+from tests.service_stack import ServedModel, ServiceThread, _randomised, service_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = {"Authorization": "Bearer admin-secret"}
+
+
+@pytest.fixture(scope="session")
+def other_model(served_model: ServedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second exported model of the same schema, with other weights (another version)."""
+    folder = tmp_path_factory.mktemp("other")
+    model, _ = load_checkpoint(served_model.checkpoint)
+    model = _randomised(model, seed=11)
+    config = build_config("small", [])
+    save_checkpoint(folder / "checkpoint", model, config, {"data": {"path": "other"}})
+    out = folder / "model.onnx"
+    export_checkpoint(folder / "checkpoint", out, verify_data=served_model.data, verify_rows=256)
+    return out
+
+
+def without_parity(source: Path, out: Path) -> Path:
+    """A copy of a model whose metadata no longer records a passed parity check."""
+    proto = onnx.load(str(source))
+    kept = [p for p in proto.metadata_props if p.key != "parity"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.fixture
+def admin_service(
+    served_model: ServedModel, feature_redis: RedisServer, tmp_path: Path
+) -> Iterator[ServiceThread]:
+    """The service on a copy of the model file (so a test may replace it), with an admin key."""
+    path = tmp_path / "model.onnx"
+    shutil.copy(served_model.onnx, path)
+    settings = service_settings(served_model, feature_redis.url).model_copy(
+        update={"model_path": path, "admin_api_key": SecretStr("admin-secret"), "api_key": None}
+    )
+    running = ServiceThread(settings).start()
+    running.wait_warm()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_reload_swaps_the_model_without_failing_in_flight_requests(
+    admin_service: ServiceThread, served_model: ServedModel, other_model: Path
+) -> None:
+    user = int(served_model.features.user_ids[0])
+    payload = {"user_id": user, "item_ids": list(range(1, 60))}
+    old_version = served_model.model_version
+    shutil.copy(other_model, admin_service.settings.model_path)  # replaced on disk
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
+        async with httpx.AsyncClient(base_url=admin_service.url, timeout=30) as http:
+            stop = asyncio.Event()
+
+            async def keep_scoring() -> list[httpx.Response]:
+                answers = []
+                while not stop.is_set():
+                    answers.append(await http.post("/score", json=payload))
+                return answers
+
+            workers = [asyncio.create_task(keep_scoring()) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            reloaded = await http.post("/admin/reload", headers=ADMIN)
+            await asyncio.sleep(0.3)
+            stop.set()
+            return [await w for w in workers], reloaded
+
+    per_worker, reloaded = asyncio.run(scenario())
+    answers = [a for sequence in per_worker for a in sequence]
+    assert reloaded.status_code == 200, reloaded.text
+    new_version = reloaded.json()["model_version"]
+    assert reloaded.json()["previous_version"] == old_version != new_version
+    assert all(a.status_code == 200 for a in answers), {a.status_code for a in answers}
+    assert {a.json()["model_version"] for a in answers} == {old_version, new_version}
+    for sequence in per_worker:  # each worker's requests are sequential
+        versions = [a.json()["model_version"] for a in sequence]
+        # once the new version answered, the old one never does again (one atomic swap)
+        first_new = versions.index(new_version)
+        assert set(versions[first_new:]) == {new_version}
+    # the scores really come from the new model
+    old_scores = next(a for a in answers if a.json()["model_version"] == old_version)
+    new_scores = answers[-1].json()["scores"]
+    assert not np.allclose(old_scores.json()["scores"], new_scores, atol=1e-4)
+    text = httpx.get(admin_service.url + "/metrics").text
+    assert f'version="{new_version}"' in text and f'version="{old_version}"' not in text
+    assert 'qin_model_reloads_total{outcome="swapped"} 1.0' in text
+
+
+@pytest.mark.parametrize("broken", ["garbage", "no-parity", "missing"])
+def test_a_bad_model_is_refused_and_the_old_one_keeps_serving(
+    admin_service: ServiceThread, served_model: ServedModel, tmp_path: Path, broken: str
+) -> None:
+    path = tmp_path / f"{broken}.onnx"
+    if broken == "garbage":
+        path.write_bytes(b"\x08\x01 half a protobuf")
+    elif broken == "no-parity":
+        without_parity(served_model.onnx, path)
+    with httpx.Client(base_url=admin_service.url, timeout=30) as http:
+        refused = http.post("/admin/reload", json={"model_path": str(path)}, headers=ADMIN)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"] == "model_refused" and str(path) in refused.json()["detail"]
+        still = http.post("/score", json={"user_id": 1, "item_ids": [1, 2]})
+        assert still.status_code == 200
+        assert still.json()["model_version"] == served_model.model_version
+        text = http.get("/metrics").text
+    assert 'qin_model_reloads_total{outcome="refused"} 1.0' in text
+
+
+def test_admin_endpoints_need_the_admin_key(admin_service: ServiceThread) -> None:
+    with httpx.Client(base_url=admin_service.url, timeout=30) as http:
+        assert http.post("/admin/reload").status_code == 401
+        wrong = http.post("/admin/reload", headers={"X-API-Key": "guess"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+
+
+def test_admin_endpoints_are_off_without_a_key_and_score_can_require_one(
+    served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    settings = service_settings(served_model, feature_redis.url, api_key="score-secret")
+    running = ServiceThread(settings).start()
+    try:
+        running.wait_warm()
+        with httpx.Client(base_url=running.url, timeout=30) as http:
+            assert http.post("/admin/reload", headers=ADMIN).status_code == 403
+            payload = {"user_id": 1, "item_ids": [1]}
+            assert http.post("/score", json=payload).status_code == 401
+            keyed = http.post("/score", json=payload, headers={"X-API-Key": "score-secret"})
+            assert keyed.status_code == 200
+            bearer = {"Authorization": "Bearer score-secret"}
+            assert http.post("/score", json=payload, headers=bearer).status_code == 200
+            # probes and metrics stay open for orchestrators and Prometheus
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/metrics").status_code == 200
+    finally:
+        running.stop()
+
+
+def test_an_oversized_body_is_refused_with_413(client: httpx.Client) -> None:
+    huge = b'{"user_id": 1, "item_ids": [' + b"1, " * 400_000 + b"1]}"
+    response = client.post("/score", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+@pytest.fixture
+def client(service: ServiceThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        yield http
+
+
+# ------------------------------------------------------------------------------------------------
+# Signals: the service as its own process
+
+
+class ServiceProcess:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        full = {**os.environ, **env, "PORT": str(self.port), "LOG_LEVEL": "warning"}
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "the service exited"
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the service did not become ready")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _env(served: ServedModel, redis: RedisServer, model: Path, **extra: Any) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis.url,
+        "MODEL_PATH": str(model),
+        "PROVIDER": "cpu",
+        **{k: str(v) for k, v in extra.items()},
+    }
+
+
+def test_sighup_reloads_the_model_file(
+    served_model: ServedModel, feature_redis: RedisServer, other_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.onnx"
+    shutil.copy(served_model.onnx, path)
+    service = ServiceProcess(_env(served_model, feature_redis, path))
+    try:
+        service.wait_ready()
+        payload = {"user_id": 1, "item_ids": [1, 2, 3]}
+        before = httpx.post(service.url + "/score", json=payload).json()["model_version"]
+        assert before == served_model.model_version
+        shutil.copy(other_model, path)
+        service.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while httpx.post(service.url + "/score", json=payload).json()["model_version"] == before:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the model"
+            time.sleep(0.05)
+        assert service.process.poll() is None
+    finally:
+        service.stop()
+
+
+def test_sigterm_drains_accepted_requests_then_exits(
+    served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    # A long batch wait keeps the requests queued when the signal arrives.
+    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=400)
+    service = ServiceProcess(env)
+    try:
+        service.wait_ready()
+
+        async def scenario() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=40)
+            async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as http:
+                payloads = [{"user_id": 1, "item_ids": list(range(1, n + 2))} for n in range(30)]
+                sent = [asyncio.create_task(http.post("/score", json=p)) for p in payloads]
+                await asyncio.sleep(0.2)  # all 30 are in the queue now, none scored yet
+                service.process.send_signal(signal.SIGTERM)
+                return list(await asyncio.gather(*sent))
+
+        answers = asyncio.run(scenario())
+        assert [a.status_code for a in answers] == [200] * 30
+        assert [len(a.json()["scores"]) for a in answers] == list(range(1, 31))
+        # uvicorn re-raises the signal once drained, so the exit status says SIGTERM ended it
+        assert service.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(service.url + "/healthz", timeout=2)
+    finally:
+        service.stop()
