@@ -160,6 +160,7 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
             "feature_version": result.feature_version,
             "history_source": result.history_source,
             "history_length": result.history_length,
+            "degraded": result.degraded,
         }
         return Response(json.dumps(payload), media_type="application/json")
 

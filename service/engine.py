@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from service.batching import Batcher, DeadlineExceeded, Scored
-from service.features import FeatureStore, FeatureStoreError, ItemFeatures, StoreTimeout
+from service.features import (
+    FeatureStore,
+    FeatureStoreError,
+    ItemFeatures,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from service.features.layout import ITEM_VECTOR_DIM, TAGS_PER_ITEM
 from service.features.store import HistorySource
 from service.metrics import Metrics
@@ -53,6 +59,7 @@ class ScoreResult:
     feature_version: str
     history_source: HistorySource
     history_length: int
+    degraded: bool = False
 
 
 class Engine:
@@ -193,6 +200,10 @@ class Engine:
         return int(self.runner.schema["history_len"])
 
     @property
+    def _degrade(self) -> bool:
+        return self.settings.degraded_mode == "empty_history"
+
+    @property
     def pad(self) -> bool:
         mode = self.settings.batch_pad
         on_cuda = self.runner is not None and self.runner.info.provider == CUDA
@@ -233,6 +244,7 @@ class Engine:
         if self.batcher is None or self.runner is None:
             raise NotReady(self.load_error or "the model is still loading")
         override = None if history is None else np.asarray(history, np.int64)
+        degraded = False
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 features = await self.store.fetch(user_id, np.asarray(item_ids, np.int64), override)
@@ -241,7 +253,11 @@ class Engine:
             raise StoreTimeout("the feature store did not answer before the deadline") from None
         except FeatureStoreError as exc:
             self.metrics.feature_errors.labels(kind=type(exc).__name__).inc()
-            raise
+            if not (self._degrade and isinstance(exc, StoreUnavailable | StoreTimeout)):
+                raise
+            self.metrics.degraded.inc()
+            features = self.store.cached(item_ids, override)
+            degraded = True
         fetched = time.monotonic()
         item = ScoringInput(
             features.history,
@@ -265,6 +281,7 @@ class Engine:
             features.version,
             features.history_source,
             int((features.history.ids > 0).sum()),
+            degraded,
         )
 
     # ----------------------------------------------------------------------------------------

@@ -119,6 +119,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.degraded = Counter(
+            "qin_degraded_requests",
+            "Requests scored without Redis (DEGRADED_MODE=empty_history): empty history, cached "
+            "item features.",
+            registry=r,
+        )
         self.model_info = Gauge(
             "qin_model_info",
             "The model being served (value 1): its version, graph and execution provider.",

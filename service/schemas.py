@@ -76,10 +76,16 @@ class ScoreResponse(BaseModel):
     scores: list[float] = Field(description="Click probabilities, in the order of item_ids.")
     model_version: str
     feature_version: str = Field(description="The live feature-store version that was read.")
-    history_source: Literal["stored", "unknown_user", "override"] = Field(
-        description="Where the history came from; unknown_user means it was empty."
+    history_source: Literal["stored", "unknown_user", "override", "unavailable"] = Field(
+        description=(
+            "Where the history came from; unknown_user means it was empty; unavailable: Redis "
+            "was unreachable and DEGRADED_MODE scored with an empty history."
+        )
     )
     history_length: int = Field(description="Behaviours the model read (at most HISTORY_LEN).")
+    degraded: bool = Field(
+        description="True when scored without Redis (DEGRADED_MODE): treat with care."
+    )
 
 
 class ReloadRequest(BaseModel):

@@ -156,6 +156,15 @@ class Settings(BaseSettings):
             "the model past it gets 504 and is dropped from its batch if not yet scored."
         ),
     )
+    degraded_mode: Literal["off", "empty_history"] = Field(
+        default="off",
+        description=(
+            "When Redis is unreachable or too slow: off = answer 503/504 at once (the caller "
+            "falls back); empty_history = score anyway with an empty history and the cached "
+            "item features (uncached items as unseen), marked degraded in the answer and in "
+            "qin_degraded_requests_total."
+        ),
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description=(

@@ -59,7 +59,7 @@ from .scripts import APPEND
 _MAX_ATTEMPTS = 4
 _INT64 = np.iinfo(np.int64)
 
-HistorySource = Literal["stored", "unknown_user", "override"]
+HistorySource = Literal["stored", "unknown_user", "override", "unavailable"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,6 +210,39 @@ class FeatureStore:
         raise FeatureStoreError(
             f"the live feature version changed {_MAX_ATTEMPTS} times during one read"
         )
+
+    def cached(
+        self,
+        candidate_ids: Sequence[int] | np.ndarray,
+        history_override: Sequence[int] | np.ndarray | None = None,
+    ) -> RequestFeatures:
+        """Features without Redis (degraded mode while it is unreachable): items from the
+        process's item cache, padding for the rest; the explicit history if given, else an
+        empty one (``history_source == "unavailable"``). No network, never raises for Redis."""
+        candidates = _ids_array(candidate_ids, "candidate_ids")
+        source: HistorySource = "unavailable"
+        history = np.zeros(0, np.int64)
+        if history_override is not None:
+            history = _ids_array(history_override, "history_override")
+            history = history[history != 0][-self.history_len :]
+            source = "override"
+        view = self._view
+        if view is None:
+            return RequestFeatures(
+                "none",
+                source,
+                ItemFeatures.zeros(len(history)),
+                ItemFeatures.zeros(len(candidates)),
+                0,
+            )
+        cache, empty = view.cache, _Fetched.empty()
+
+        def known(ids: np.ndarray) -> ItemFeatures:
+            slots = _lookup(cache, ids)
+            slots[slots == -1] = -2  # not cached: padding, not a read
+            return _assemble(cache, ids, slots, empty)
+
+        return RequestFeatures(view.name, source, known(history), known(candidates), 0)
 
     async def _fetch_under(
         self, view: _Version, user_id: int, candidates: np.ndarray, override: np.ndarray | None

@@ -1,0 +1,158 @@
+"""Faults with real processes: Redis absent at start, killed while serving (503 or degraded mode),
+frozen with SIGSTOP (timeouts), killed and restarted under load. Each checks the answers, their
+statuses, the recovery time, and that every request got an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from service.features.loader import load_dataset
+from service.features.testing import RedisServer
+from tests.service_stack import ServedModel, ServiceThread, service_settings
+from tests.test_service import metric
+
+TOLERANCE = 1e-5
+
+
+def wait_for(url: str, status: int, timeout_s: float) -> float:
+    """Seconds until GET ``url`` answers ``status``."""
+    started = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == status:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() - started < timeout_s, f"{url} never answered {status}"
+        time.sleep(0.01)
+
+
+def test_redis_absent_at_start_then_ready_once_it_answers(
+    served_model: ServedModel, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    running = ServiceThread(service_settings(served_model, redis_server.url)).start()
+    try:
+        running.wait_warm()
+        down = httpx.get(running.url + "/readyz")
+        assert down.status_code == 503 and down.json()["redis"]["ok"] is False
+        assert down.json()["model"]["warmed"] is True
+        redis_server.start()
+        load_dataset(redis_server.url, served_model.data, prefix="qin", history_len=64, keep=2)
+        assert wait_for(running.url + "/readyz", 200, timeout_s=5) < 1.0
+        answer = httpx.post(running.url + "/score", json={"user_id": 1, "item_ids": [1]})
+        assert answer.status_code == 200
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def degraded(served_model: ServedModel, feature_redis: RedisServer) -> Iterator[ServiceThread]:
+    settings = service_settings(served_model, feature_redis.url, degraded_mode="empty_history")
+    running = ServiceThread(settings).start()
+    running.wait_warm()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_degraded_mode_scores_without_redis_and_says_so(
+    degraded: ServiceThread, served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    user = int(served_model.features.user_ids[0])
+    cached = [1, 2, 3, 4]
+    vocab = served_model.features.item_vocab
+    with httpx.Client(base_url=degraded.url, timeout=30) as http:
+        normal = http.post("/score", json={"user_id": user, "item_ids": cached}).json()
+        assert normal["degraded"] is False and normal["history_source"] == "stored"
+        feature_redis.stop(save=True)
+        started = time.monotonic()
+        # item 250 was never read by this process: it is scored as an unseen item
+        answer = http.post("/score", json={"user_id": user, "item_ids": [*cached, 250]})
+        assert time.monotonic() - started < 1.0
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["degraded"] is True and body["history_source"] == "unavailable"
+        assert body["history_length"] == 0
+        expected = served_model.reference(np.zeros(0, np.int64), [*cached, vocab + 1])
+        np.testing.assert_allclose(body["scores"], expected, atol=TOLERANCE, rtol=0)
+        text = http.get("/metrics").text
+        assert metric(text, "qin_degraded_requests_total") == 1
+        assert metric(text, "qin_feature_store_errors_total", 'kind="StoreUnavailable"') == 1
+        feature_redis.start()
+        recovered = http.post("/score", json={"user_id": user, "item_ids": cached}).json()
+        assert recovered["degraded"] is False and recovered["history_source"] == "stored"
+        np.testing.assert_allclose(recovered["scores"], normal["scores"], atol=1e-7, rtol=0)
+
+
+def test_frozen_redis_times_out_fast_and_recovers(
+    service: ServiceThread, served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    payload = {"user_id": int(served_model.features.user_ids[0]), "item_ids": [1, 2]}
+    timeout = service.settings.redis_timeout_s
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        assert http.post("/score", json=payload).status_code == 200
+        feature_redis.pause()
+        try:
+            started = time.monotonic()
+            slow = http.post("/score", json=payload)
+            waited = time.monotonic() - started
+            assert slow.status_code == 504, slow.text
+            assert slow.json()["error"] == "feature_store_timeout"
+            assert timeout <= waited < timeout + 0.5
+        finally:
+            feature_redis.resume()
+        assert http.post("/score", json=payload).status_code == 200
+        text = http.get("/metrics").text
+    assert metric(text, "qin_feature_store_errors_total", 'kind="StoreTimeout"') == 1
+    assert metric(text, "qin_requests_total", 'status="504"') == 1
+
+
+def test_redis_killed_and_restarted_under_load(
+    service: ServiceThread, served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    users = served_model.features.user_ids[:20].tolist()
+
+    async def scenario() -> tuple[list[tuple[float, int]], float, float]:
+        answers: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+
+        async def client(http: httpx.AsyncClient, worker: int) -> None:
+            while not stop.is_set():
+                payload = {"user_id": users[worker], "item_ids": list(range(1, 30))}
+                response = await http.post("/score", json=payload)
+                answers.append((time.monotonic(), response.status_code))
+                await asyncio.sleep(0.005)
+
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+            workers = [asyncio.create_task(client(http, w)) for w in range(8)]
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(feature_redis.stop, True)
+            killed = time.monotonic()
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(feature_redis.start)
+            back = time.monotonic()
+            await asyncio.sleep(1.2)
+            stop.set()
+            await asyncio.gather(*workers)
+        return answers, killed, back
+
+    answers, killed, back = asyncio.run(scenario())
+    statuses = {status for _, status in answers}
+    assert statuses <= {200, 503}, statuses  # answered, never 500, never hung
+    assert any(s == 503 for t, s in answers if killed < t < back), "the outage was not seen"
+    after = [(t, s) for t, s in answers if t > back]
+    first_ok = next(t for t, s in after if s == 200)
+    assert first_ok - back < 1.0, f"recovered {first_ok - back:.2f} s after Redis returned"
+    assert all(s == 200 for t, s in after if t > first_ok)
+    text = httpx.get(service.url + "/metrics").text
+    # every request the clients sent was answered and counted (none lost)
+    counted = sum(metric(text, "qin_requests_total", f'status="{status}"') for status in (200, 503))
+    assert counted == len(answers)
