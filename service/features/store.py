@@ -139,9 +139,14 @@ class FeatureStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureStore:
-        """The service's store: one pool, fail-fast timeouts, one reconnect on a stale socket."""
-        pool = redis.asyncio.ConnectionPool.from_url(
+        """The service's store: one pool, fail-fast timeouts, one reconnect on a stale socket.
+
+        The pool blocks (up to the request deadline) when all its connections are busy, rather
+        than failing: a burst of requests is a queue, not an outage.
+        """
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.redis_url,
+            timeout=settings.request_timeout_s,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,
