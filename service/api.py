@@ -127,7 +127,7 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
     admin_key = Depends(_key_checker(settings.admin_api_key, "ADMIN_API_KEY", required=True))
     app.state.engine = engine
     app.state.metrics = metrics
-    app.add_middleware(_CountScoreRequests, metrics=metrics)
+    app.add_middleware(_CountScoreRequests, metrics=metrics, limit=settings.max_in_flight)
 
     @app.post(
         "/score",
@@ -256,20 +256,39 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class _CountScoreRequests:
-    """Pure ASGI middleware: the latency and the status of every ``/score`` answer, 422s included.
-
-    (Starlette's BaseHTTPMiddleware would add a task and a stream per request.)
+    """Pure ASGI middleware around ``/score``: admission (at most ``limit`` requests in flight;
+    one more gets 429 before anything else is done for it), then the latency and the status of
+    every answer, 422s included. (Starlette's BaseHTTPMiddleware would add a task and a stream
+    per request.)
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: Metrics):
+    OVERLOADED = json.dumps(
+        {"detail": "too many requests in flight; retry shortly", "error": "overloaded"}
+    ).encode()
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        metrics: Metrics,
+        limit: int,
+    ):
         self.app = app
         self.metrics = metrics
+        self.limit = limit
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/score":
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
+        if self.in_flight >= self.limit:
+            await self._shed(send)
+            self.metrics.shed.inc()
+            self.metrics.requests.labels(status="429").inc()
+            self.metrics.request_seconds.observe(time.monotonic() - started)
+            return
+        self.in_flight += 1
         status = 500
 
         async def sending(message: Message) -> None:
@@ -281,5 +300,15 @@ class _CountScoreRequests:
         try:
             await self.app(scope, receive, sending)
         finally:
+            self.in_flight -= 1
             self.metrics.requests.labels(status=str(status)).inc()
             self.metrics.request_seconds.observe(time.monotonic() - started)
+
+    async def _shed(self, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.OVERLOADED)).encode()),
+            (b"retry-after", b"1"),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": self.OVERLOADED})

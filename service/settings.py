@@ -148,6 +148,16 @@ class Settings(BaseSettings):
             "at once with 429 instead of queueing without bound."
         ),
     )
+    max_in_flight: int = Field(
+        default=128,
+        ge=1,
+        description=(
+            "/score requests between arrival and answer at most; one more is answered 429 at "
+            "once, before its body is read. Bounds memory and the latency of admitted requests "
+            "when the event loop itself is the bottleneck (the queue bound only sees requests "
+            "that got as far as the model)."
+        ),
+    )
     request_timeout_s: float = Field(
         default=1.0,
         gt=0,

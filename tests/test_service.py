@@ -99,7 +99,9 @@ def test_an_unknown_user_is_scored_with_an_empty_history(
 def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(
     served_model: ServedModel, feature_redis: RedisServer
 ) -> None:
-    settings = service_settings(served_model, feature_redis.url, batch_max_wait_ms=20)
+    settings = service_settings(
+        served_model, feature_redis.url, batch_max_wait_ms=20, max_in_flight=256
+    )
     running = ServiceThread(settings).start()
     running.wait_warm()
     try:
@@ -417,5 +419,38 @@ def test_no_feature_set_loaded_is_a_503(
         running.wait_warm()
         response = httpx.post(running.url + "/score", json={"user_id": 1, "item_ids": [1]})
         assert response.status_code == 503 and response.json()["error"] == "no_features"
+    finally:
+        running.stop()
+
+
+def test_too_many_requests_in_flight_are_shed_before_any_work(
+    served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    settings = service_settings(served_model, feature_redis.url, max_in_flight=2)
+    running = ServiceThread(settings).start()
+    running.wait_warm()
+    gate = Gate(running)
+    user = int(served_model.features.user_ids[0])
+    try:
+
+        async def scenario() -> tuple[list[httpx.Response], httpx.Response, float]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                held = [asyncio.create_task(_post(http, user)) for _ in range(2)]
+                await asyncio.to_thread(gate.entered.wait, 10)
+                await asyncio.sleep(0.1)  # the second one is queued behind the held batch
+                started = time.monotonic()
+                shed = await _post(http, user)
+                waited = time.monotonic() - started
+                gate.open.set()
+                return list(await asyncio.gather(*held)), shed, waited
+
+        admitted, shed, waited = asyncio.run(scenario())
+        assert shed.status_code == 429 and shed.json()["error"] == "overloaded"
+        assert shed.headers["retry-after"] == "1" and waited < 0.5
+        assert [r.status_code for r in admitted] == [200, 200]
+        text = httpx.get(running.url + "/metrics").text
+        assert metric(text, "qin_shed_requests_total") == 1
+        assert metric(text, "qin_requests_total", 'status="429"') == 1
+        assert metric(text, "qin_requests_total", 'status="200"') == 2
     finally:
         running.stop()
