@@ -9,7 +9,8 @@ One run, the service with its default settings as its own process, the open-loop
 2. sustainable: R, by default the service's best rate at p99 <= 50 ms in
    bench/results/service_load.json (the load benchmark), else ``--sustainable``;
 3. overload: 3R. Admitted requests (200) should keep p99 within 2x the unloaded p99 and the
-   rest be refused at once (429), with the service's memory flat;
+   rest be refused at once (429), with the service's memory flat (the service runs with
+   ADMISSION_LATENCY_MS = --admission-ms: the adaptive in-flight limit);
 4. after: back to R/2, to show it recovered.
 
 The service's resident memory is sampled every 50 ms throughout. Writes
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "LOG_LEVEL": "warning",
+            "ADMISSION_LATENCY_MS": str(args.admission_ms),
         }
         command = [sys.executable, "-m", "service"]
         process = children.start(command, workdir / "service.log", env)
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         "candidates": CANDIDATES,
         "history": HISTORY,
         "sustainable_rate": rate,
+        "admission_latency_ms": args.admission_ms,
         "steps": steps,
         "peak_rss_mib": memory,
         "summary": summary(steps, memory),
@@ -185,7 +188,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"Overload at 3x the sustainable rate ({results['sustainable_rate']:g} req/s, from the "
         f"load benchmark), 1 user x {CANDIDATES} candidates, history {HISTORY}, default "
-        "settings; latency of 200 answers from the scheduled send time.",
+        f"settings but ADMISSION_LATENCY_MS={results['admission_latency_ms']:g}; latency of 200 "
+        "answers from the scheduled send time.",
         "",
         markdown_table(columns, rows),
         "",
@@ -207,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sustainable", type=float, default=None, help="req/s (default: file)")
     parser.add_argument("--unloaded", type=float, default=50.0, help="req/s of the reference")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--admission-ms",
+        type=float,
+        default=15.0,
+        help="the service's ADMISSION_LATENCY_MS (0 = fixed MAX_IN_FLIGHT only; default 15, "
+        "about twice the unloaded p99 here)",
+    )
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     for path in (args.model, args.data / "item_info.parquet"):

@@ -127,7 +127,8 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
     admin_key = Depends(_key_checker(settings.admin_api_key, "ADMIN_API_KEY", required=True))
     app.state.engine = engine
     app.state.metrics = metrics
-    app.add_middleware(_CountScoreRequests, metrics=metrics, limit=settings.max_in_flight)
+    limiter = AdaptiveLimit(settings.max_in_flight, settings.admission_latency_ms / 1000)
+    app.add_middleware(_CountScoreRequests, metrics=metrics, limiter=limiter)
 
     @app.post(
         "/score",
@@ -249,6 +250,34 @@ def _log_reload(task: asyncio.Task[Any]) -> None:
         log.error("SIGHUP reload failed: %s", task.exception())
 
 
+class AdaptiveLimit:
+    """How many /score requests may be in flight: fixed at ``ceiling``, or, with a latency
+    ``target`` (seconds), adapted by AIMD so answers stay under it: multiplied by 0.9 at most
+    once per ``backoff_s`` when an answer was slower, else grown by ``1/limit`` per fast answer
+    (about one per round of requests). Pure arithmetic on a float, unit-tested."""
+
+    def __init__(
+        self, ceiling: int, target: float = 0.0, floor: int = 2, backoff_s: float = 0.1
+    ) -> None:
+        self.ceiling, self.target, self.floor, self.backoff_s = ceiling, target, floor, backoff_s
+        self.value = float(ceiling)
+        self._last_cut = -1e9
+
+    @property
+    def limit(self) -> int:
+        return int(self.value)
+
+    def observe(self, latency: float, now: float) -> None:
+        if self.target <= 0:
+            return
+        if latency > self.target:
+            if now - self._last_cut >= self.backoff_s:
+                self.value = max(float(self.floor), self.value * 0.9)
+                self._last_cut = now
+        else:
+            self.value = min(float(self.ceiling), self.value + 1.0 / self.value)
+
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -270,11 +299,11 @@ class _CountScoreRequests:
         self,
         app: Callable[[Scope, Receive, Send], Awaitable[None]],
         metrics: Metrics,
-        limit: int,
+        limiter: AdaptiveLimit,
     ):
         self.app = app
         self.metrics = metrics
-        self.limit = limit
+        self.limiter = limiter
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -282,7 +311,7 @@ class _CountScoreRequests:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        if self.in_flight >= self.limit:
+        if self.in_flight >= self.limiter.limit:
             await self._shed(send)
             self.metrics.shed.inc()
             self.metrics.requests.labels(status="429").inc()
@@ -301,8 +330,10 @@ class _CountScoreRequests:
             await self.app(scope, receive, sending)
         finally:
             self.in_flight -= 1
+            finished = time.monotonic()
+            self.limiter.observe(finished - started, finished)
             self.metrics.requests.labels(status=str(status)).inc()
-            self.metrics.request_seconds.observe(time.monotonic() - started)
+            self.metrics.request_seconds.observe(finished - started)
 
     async def _shed(self, send: Send) -> None:
         headers = [

@@ -105,7 +105,9 @@ class Metrics:
             "qin_queue_candidates", "Candidates waiting for the model.", registry=r
         )
         self.shed = Counter(
-            "qin_shed_requests", "Requests refused with 429: the queue was full or too many were in flight.", registry=r
+            "qin_shed_requests",
+            "Requests refused with 429: the queue was full or too many were in flight.",
+            registry=r,
         )
         self.deadline_exceeded = Counter(
             "qin_deadline_exceeded",

@@ -158,6 +158,16 @@ class Settings(BaseSettings):
             "that got as far as the model)."
         ),
     )
+    admission_latency_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "When > 0, the in-flight limit adapts (AIMD, at most MAX_IN_FLIGHT) to keep /score "
+            "latency under this many milliseconds: it shrinks by 10% per 100 ms in which an "
+            "answer took longer, and grows by one per limit's worth of fast answers. Set it to "
+            "about twice the unloaded p99 to keep admitted requests fast under overload."
+        ),
+    )
     request_timeout_s: float = Field(
         default=1.0,
         gt=0,

@@ -252,3 +252,21 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert settings_markdown() in readme
+
+
+def test_the_adaptive_limit_shrinks_on_slow_answers_and_regrows_on_fast_ones() -> None:
+    from service.api import AdaptiveLimit
+
+    fixed = AdaptiveLimit(ceiling=64)
+    fixed.observe(10.0, now=0.0)
+    assert fixed.limit == 64  # no target: a fixed limit
+    limit = AdaptiveLimit(ceiling=64, target=0.015, floor=2, backoff_s=0.1)
+    limit.observe(0.050, now=0.0)
+    limit.observe(0.050, now=0.05)  # within the backoff window: one cut only
+    assert limit.limit == 57
+    for step in range(1, 200):
+        limit.observe(0.050, now=0.1 * step)
+    assert limit.limit == 2  # never below the floor
+    for _ in range(2000):
+        limit.observe(0.005, now=100.0)
+    assert 60 <= limit.limit <= 64  # fast answers grow it back, never past the ceiling
