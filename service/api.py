@@ -207,12 +207,12 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
 
 def _key_checker(
     secret: SecretStr | None, setting: str, required: bool = False
-) -> Callable[[Request], None]:
+) -> Callable[[Request], Awaitable[None]]:
     """A dependency that checks ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (constant
     time). Without a configured key the route is open, or refused when ``required``."""
     expected = secret.get_secret_value().encode() if secret else None
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: a plain def would run in a thread
         if expected is None:
             if required:
                 raise HTTPException(403, f"disabled: set {setting} to enable")
