@@ -186,15 +186,15 @@ def table(results: dict[str, Any]) -> str:
         )  # fmt: skip
     s = results["summary"]
     lines = [
-        f"Overload at 3x the sustainable rate ({results['sustainable_rate']:g} req/s, from the "
+        f"Overload at 3x the sustainable rate ({results['sustainable_rate']:.0f} req/s, from the "
         f"load benchmark), 1 user x {CANDIDATES} candidates, history {HISTORY}, default "
         f"settings but ADMISSION_LATENCY_MS={results['admission_latency_ms']:g}; latency of 200 "
         "answers from the scheduled send time.",
         "",
         markdown_table(columns, rows),
         "",
-        f"- Admitted p99 under 3x overload: {s['overload_admitted_p99_ms']} ms, "
-        f"{s['overload_p99_ratio']:.1f}x the unloaded p99 of {s['unloaded_p99_ms']} ms "
+        f"- Admitted p99 under 3x overload: {s['overload_admitted_p99_ms']:.1f} ms, "
+        f"{s['overload_p99_ratio']:.1f}x the unloaded p99 of {s['unloaded_p99_ms']:.1f} ms "
         "(target <= 2x).",
         f"- Shed with 429: {100 * (s['overload_shed_share'] or 0):.0f}% of the requests; "
         f"admitted {s['overload_admitted_rate']:.0f} req/s.",
