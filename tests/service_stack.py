@@ -174,6 +174,15 @@ class ServiceThread:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
+    def __enter__(self) -> ServiceThread:
+        """Started and warmed; stopped on exit."""
+        self.start()
+        self.wait_warm()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def call_in_loop(self, coroutine: Any) -> Any:
         """Run ``coroutine`` on the server's event loop (to poke the engine from a test)."""
         loop = self._loop()
@@ -192,9 +201,5 @@ def service_settings(served: ServedModel, redis_url: str, **overrides: Any) -> S
 @pytest.fixture
 def service(served_model: ServedModel, feature_redis: RedisServer) -> Iterator[ServiceThread]:
     """The service with default settings, model warmed and features live."""
-    running = ServiceThread(service_settings(served_model, feature_redis.url)).start()
-    running.wait_warm()
-    try:
+    with ServiceThread(service_settings(served_model, feature_redis.url)) as running:
         yield running
-    finally:
-        running.stop()

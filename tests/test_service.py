@@ -303,12 +303,8 @@ def small_queue(served_model: ServedModel, feature_redis: RedisServer) -> Iterat
         batch_max_wait_ms=0,
         request_timeout_s=2.0,
     )
-    running = ServiceThread(settings).start()
-    running.wait_warm()
-    try:
+    with ServiceThread(settings) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def _post(http: httpx.AsyncClient, user: int, size: int = 10) -> httpx.Response:

@@ -55,12 +55,8 @@ def test_redis_absent_at_start_then_ready_once_it_answers(
 @pytest.fixture
 def degraded(served_model: ServedModel, feature_redis: RedisServer) -> Iterator[ServiceThread]:
     settings = service_settings(served_model, feature_redis.url, degraded_mode="empty_history")
-    running = ServiceThread(settings).start()
-    running.wait_warm()
-    try:
+    with ServiceThread(settings) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_degraded_mode_scores_without_redis_and_says_so(

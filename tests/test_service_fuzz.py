@@ -35,12 +35,8 @@ def fuzzed_service(
     with RedisServer(tmp_path_factory.mktemp("fuzz-redis"), executable=executable) as redis:
         load_dataset(redis.url, served_model.data, prefix="qin", history_len=64, keep=2)
         settings = service_settings(served_model, redis.url, max_candidates=300)
-        running = ServiceThread(settings).start()
-        running.wait_warm()
-        try:
+        with ServiceThread(settings) as running:
             yield running
-        finally:
-            running.stop()
 
 
 def test_no_generated_request_gets_a_server_error(fuzzed_service: ServiceThread) -> None:

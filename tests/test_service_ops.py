@@ -63,12 +63,8 @@ def admin_service(
     settings = service_settings(served_model, feature_redis.url).model_copy(
         update={"model_path": path, "admin_api_key": SecretStr("admin-secret"), "api_key": None}
     )
-    running = ServiceThread(settings).start()
-    running.wait_warm()
-    try:
+    with ServiceThread(settings) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_reload_swaps_the_model_without_failing_in_flight_requests(
