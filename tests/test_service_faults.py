@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -152,3 +153,22 @@ def test_redis_killed_and_restarted_under_load(
     # every request the clients sent was answered and counted (none lost)
     counted = sum(metric(text, "qin_requests_total", f'status="{status}"') for status in (200, 503))
     assert counted == len(answers)
+
+
+def test_a_password_protected_redis_is_used_and_a_wrong_password_is_reported_safely(
+    served_model: ServedModel, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "redis", password="s3cret-pw") as redis:
+        load_dataset(redis.url, served_model.data, prefix="qin", history_len=64, keep=2)
+        with ServiceThread(service_settings(served_model, redis.url)) as running:
+            assert httpx.get(running.url + "/readyz").status_code == 200
+            payload = {"user_id": 1, "item_ids": [1, 2]}
+            assert httpx.post(running.url + "/score", json=payload).status_code == 200
+        wrong = redis.url.replace("s3cret-pw", "wrong-pw")
+        with ServiceThread(service_settings(served_model, wrong)) as running:
+            ready = httpx.get(running.url + "/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"]["ok"] is False
+            refused = httpx.post(running.url + "/score", json={"user_id": 1, "item_ids": [1]})
+            assert refused.status_code == 503
+            for text in (ready.text, refused.text):
+                assert "wrong-pw" not in text and "s3cret" not in text
