@@ -35,37 +35,17 @@ import torch
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 from torch import nn
 
 from export.graphs import build_graph
 from model.checkpoint import load_checkpoint
 from service.features import FeatureStore, FeatureStoreError, ItemFeatures, RequestFeatures
+from service.schemas import ScoreRequest
 from service.settings import Settings
 
 #: Candidates of the warm-up call made before the service says it is ready.
 WARMUP_CANDIDATES = 100
-MAX_CANDIDATES = 10_000
-
-
-class ScoreRequest(BaseModel):
-    """The request body of ``POST /score`` (the service's contract)."""
-
-    user_id: int
-    item_ids: list[int] = Field(min_length=1, max_length=MAX_CANDIDATES)
-    history: list[int] | None = Field(default=None, description="item ids, oldest first")
-    likes_level: list[int] | None = None
-    views_level: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _levels_aligned(self) -> ScoreRequest:
-        for name in ("likes_level", "views_level"):
-            levels = getattr(self, name)
-            if levels is not None and len(levels) != len(self.item_ids):
-                raise ValueError(
-                    f"{name} has {len(levels)} values for {len(self.item_ids)} item_ids"
-                )
-        return self
 
 
 class ScoreResponse(BaseModel):

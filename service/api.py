@@ -128,7 +128,7 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
     app.state.engine = engine
     app.state.metrics = metrics
     limiter = AdaptiveLimit(settings.max_in_flight, settings.admission_latency_ms / 1000)
-    app.add_middleware(_CountScoreRequests, metrics=metrics, limiter=limiter)
+    app.add_middleware(_ScoreAdmission, metrics=metrics, limiter=limiter)
 
     @app.post(
         "/score",
@@ -284,11 +284,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class _CountScoreRequests:
-    """Pure ASGI middleware around ``/score``: admission (at most ``limit`` requests in flight;
-    one more gets 429 before anything else is done for it), then the latency and the status of
-    every answer, 422s included. (Starlette's BaseHTTPMiddleware would add a task and a stream
-    per request.)
+class _ScoreAdmission:
+    """Pure ASGI middleware around ``/score``: admission (at most ``limiter.limit`` requests in
+    flight; one more gets 429 before anything else is done for it), then the latency and the
+    status of every answer, 422s included. (Starlette's BaseHTTPMiddleware would add a task and a
+    stream per request.)
     """
 
     OVERLOADED = json.dumps(
@@ -305,6 +305,7 @@ class _CountScoreRequests:
         self.metrics = metrics
         self.limiter = limiter
         self.in_flight = 0
+        self._by_status: dict[int, Any] = {}  # counter children, looked up once per status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/score":
@@ -314,7 +315,7 @@ class _CountScoreRequests:
         if self.in_flight >= self.limiter.limit:
             await self._shed(send)
             self.metrics.shed.inc()
-            self.metrics.requests.labels(status="429").inc()
+            self._count(429)
             self.metrics.request_seconds.observe(time.monotonic() - started)
             return
         self.in_flight += 1
@@ -332,8 +333,14 @@ class _CountScoreRequests:
             self.in_flight -= 1
             finished = time.monotonic()
             self.limiter.observe(finished - started, finished)
-            self.metrics.requests.labels(status=str(status)).inc()
+            self._count(status)
             self.metrics.request_seconds.observe(finished - started)
+
+    def _count(self, status: int) -> None:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.metrics.requests.labels(status=str(status))
+        child.inc()
 
     async def _shed(self, send: Send) -> None:
         headers = [

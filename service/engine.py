@@ -152,13 +152,11 @@ class Engine:
                     settings.ort_spinning,
                 )
                 await asyncio.to_thread(self._validate, new)
-            except ModelError as exc:
-                self.metrics.reloads.labels(outcome="refused").inc()
-                log.error("model reload refused, still serving %s: %s", old.info.version, exc)
-                raise
             except Exception as exc:
                 self.metrics.reloads.labels(outcome="refused").inc()
                 log.error("model reload refused, still serving %s: %s", old.info.version, exc)
+                if isinstance(exc, ModelError):
+                    raise
                 raise ModelError(f"{target}: {exc}") from exc
             self.runner = new
             info = new.info
@@ -270,11 +268,11 @@ class Engine:
         except DeadlineExceeded:
             self.metrics.deadline_exceeded.labels(stage="queue").inc()
             raise
-        stages = self.metrics.stage_seconds
-        stages.labels(stage="redis").observe(fetched - arrived)
-        stages.labels(stage="queue").observe(scored.queue_s)
-        stages.labels(stage="model").observe(scored.model_s)
-        stages.labels(stage="total").observe(time.monotonic() - arrived)
+        stages = self.metrics.stages
+        stages["redis"].observe(fetched - arrived)
+        stages["queue"].observe(scored.queue_s)
+        stages["model"].observe(scored.model_s)
+        stages["total"].observe(time.monotonic() - arrived)
         return ScoreResult(
             scored.scores,
             scored.model_version,

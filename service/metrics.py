@@ -81,6 +81,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # labelled children looked up once: they are observed on every request
+        self.stages = {stage: self.stage_seconds.labels(stage=stage) for stage in STAGES}
         self.batch_candidates = Histogram(
             "qin_batch_candidates",
             "Candidates per model batch (before padding).",

@@ -88,7 +88,7 @@ class ServedModel:
         return self.features.history_of(index).astype(np.int64)
 
 
-def _randomised(model: CTRModel, seed: int) -> CTRModel:
+def randomised(model: CTRModel, seed: int) -> CTRModel:
     """Non-trivial BatchNorm statistics, PReLU slopes and embeddings, as after training."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -111,7 +111,7 @@ def served_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> S
     torch.manual_seed(3)
     config = build_config("small", [])
     schema = infer_schema(load_items(tiny_data / "item_info.parquet"), HISTORY_LEN)
-    model = _randomised(build_model(config.model, schema), seed=3)
+    model = randomised(build_model(config.model, schema), seed=3)
     written = save_checkpoint(
         folder / "checkpoint", model, config, {"data": {"path": str(tiny_data)}}
     )

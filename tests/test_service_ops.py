@@ -24,7 +24,7 @@ from export.exporter import export_checkpoint
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
 from service.features.testing import RedisServer, free_port
-from tests.service_stack import ServedModel, ServiceThread, _randomised, service_settings
+from tests.service_stack import ServedModel, ServiceThread, randomised, service_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -35,7 +35,7 @@ def other_model(served_model: ServedModel, tmp_path_factory: pytest.TempPathFact
     """A second exported model of the same schema, with other weights (another version)."""
     folder = tmp_path_factory.mktemp("other")
     model, _ = load_checkpoint(served_model.checkpoint)
-    model = _randomised(model, seed=11)
+    model = randomised(model, seed=11)
     config = build_config("small", [])
     save_checkpoint(folder / "checkpoint", model, config, {"data": {"path": "other"}})
     out = folder / "model.onnx"
