@@ -2,27 +2,27 @@
 
 Routes stay short: parse (pydantic), call the engine, answer. Every failure the engine can raise
 is mapped in ``ERRORS`` to a status and a stable error code; the body carries a short message and
-never a trace (the log has it). ``/score`` responses are serialised directly (``json.dumps`` of a
-list) rather than through FastAPI's encoder: a few hundred floats per request add up.
+never a trace (the log has it). ``/score``, the hot path, is answered by a plain ASGI callable
+(:mod:`service.score_endpoint`) ahead of FastAPI's stack; FastAPI serves everything else and
+documents ``/score`` in the OpenAPI schema from the same models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
+from starlette.routing import BaseRoute
 
 from service.batching import BatcherClosed, BatchFailed, DeadlineExceeded, QueueFull
 from service.engine import Engine, NotReady
@@ -42,6 +42,8 @@ from service.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from service.score_endpoint import PATH as SCORE_PATH
+from service.score_endpoint import AdaptiveLimit, Receive, Scope, ScoreEndpoint, Send
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,29 +76,43 @@ def _documented_errors() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The one place a domain error becomes an HTTP answer."""
+def error_answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The one place a domain error becomes an HTTP answer: (status, body, headers)."""
     for kind, status, code, message in ERRORS:
         if isinstance(exc, kind):
-            headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-            return JSONResponse(
-                {"detail": message or str(exc), "error": code}, status, headers=headers
-            )
+            headers = {"retry-after": RETRY_AFTER[status]} if status in RETRY_AFTER else {}
+            return status, {"detail": message or str(exc), "error": code}, headers
     log.exception("unexpected error while scoring", exc_info=exc)
-    return JSONResponse({"detail": "internal error", "error": "internal"}, 500)
+    return 500, {"detail": "internal error", "error": "internal"}, {}
 
 
-def too_long(field: str, count: int, limit: int, setting: str) -> RequestValidationError:
-    return RequestValidationError(
-        [
-            {
-                "type": "too_long",
-                "loc": ("body", field),
-                "msg": f"{count} ids given, at most {limit} allowed ({setting})",
-                "input": None,
-            }
-        ]
-    )
+def error_response(exc: Exception) -> JSONResponse:
+    status, body, headers = error_answer(exc)
+    return JSONResponse(body, status, headers=headers)
+
+
+class ScoringApp(FastAPI):
+    """FastAPI with ``/score`` answered first, by ``score_endpoint``, outside the route stack;
+    ``documented`` routes are in the OpenAPI schema without being mounted."""
+
+    score_endpoint: ScoreEndpoint
+    documented: list[BaseRoute]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == SCORE_PATH:
+            await self.score_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        if not self.openapi_schema:
+            self.openapi_schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                summary=self.summary,
+                routes=[*self.documented, *self.routes],
+            )
+        return self.openapi_schema
 
 
 def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI:
@@ -115,7 +131,7 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await engine.stop()
 
-    app = FastAPI(
+    app = ScoringApp(
         title="QIN CTR scoring service",
         summary="Click probabilities for a user's candidate items, from the Quadratic Interest "
         "Network on onnxruntime, with features from Redis.",
@@ -123,47 +139,20 @@ def create_app(settings: Settings, runner: ModelRunner | None = None) -> FastAPI
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
     )
-    score_key = Depends(_key_checker(settings.api_key, "API_KEY"))
     admin_key = Depends(_key_checker(settings.admin_api_key, "ADMIN_API_KEY", required=True))
     app.state.engine = engine
     app.state.metrics = metrics
-    limiter = AdaptiveLimit(settings.max_in_flight, settings.admission_latency_ms / 1000)
-    app.add_middleware(_ScoreAdmission, metrics=metrics, limiter=limiter)
-
-    @app.post(
-        "/score",
-        response_model=ScoreResponse,
-        responses=_documented_errors(),
-        summary="Score a user's candidates",
-        dependencies=[score_key],
+    app.score_endpoint = ScoreEndpoint(
+        engine,
+        metrics,
+        AdaptiveLimit(settings.max_in_flight, settings.admission_latency_ms / 1000),
+        error_answer,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        max_candidates=settings.max_candidates,
+        max_history=settings.max_history,
     )
-    async def score(body: ScoreRequest) -> Response:
-        arrived = time.monotonic()
-        if len(body.item_ids) > settings.max_candidates:
-            limit = settings.max_candidates
-            raise too_long("item_ids", len(body.item_ids), limit, "MAX_CANDIDATES")
-        if body.history is not None and len(body.history) > settings.max_history:
-            raise too_long("history", len(body.history), settings.max_history, "MAX_HISTORY")
-        try:
-            result = await engine.score(
-                body.user_id,
-                body.item_ids,
-                likes_level=body.likes_level,
-                views_level=body.views_level,
-                history=body.history,
-                arrived=arrived,
-            )
-        except Exception as exc:
-            return error_response(exc)
-        payload = {
-            "scores": result.scores.tolist(),
-            "model_version": result.model_version,
-            "feature_version": result.feature_version,
-            "history_source": result.history_source,
-            "history_length": result.history_length,
-            "degraded": result.degraded,
-        }
-        return Response(json.dumps(payload), media_type="application/json")
+    app.documented = _documented_score_route()
 
     @app.post(
         "/admin/reload",
@@ -250,103 +239,23 @@ def _log_reload(task: asyncio.Task[Any]) -> None:
         log.error("SIGHUP reload failed: %s", task.exception())
 
 
-class AdaptiveLimit:
-    """How many /score requests may be in flight: fixed at ``ceiling``, or, with a latency
-    ``target`` (seconds), adapted by AIMD so answers stay under it: multiplied by 0.9 at most
-    once per ``backoff_s`` when an answer was slower, else grown by ``1/limit`` per fast answer
-    (about one per round of requests). Pure arithmetic on a float, unit-tested."""
+def _documented_score_route() -> list[BaseRoute]:
+    """``POST /score`` for the OpenAPI schema: the models, statuses and security that
+    :class:`ScoreEndpoint` implements (it answers the requests; this is never mounted)."""
+    router = APIRouter()
 
-    def __init__(
-        self, ceiling: int, target: float = 0.0, floor: int = 2, backoff_s: float = 0.1
-    ) -> None:
-        self.ceiling, self.target, self.floor, self.backoff_s = ceiling, target, floor, backoff_s
-        self.value = float(ceiling)
-        self._last_cut = -1e9
+    @router.post(
+        SCORE_PATH,
+        response_model=ScoreResponse,
+        responses={
+            **_documented_errors(),
+            401: {"model": ErrorResponse, "description": "API_KEY is set and was not given"},
+            413: {"model": ErrorResponse, "description": "body larger than MAX_BODY_BYTES"},
+            429: {"model": ErrorResponse, "description": "error: queue_full, overloaded"},
+        },
+        summary="Score a user's candidates",
+    )
+    async def score(body: ScoreRequest) -> ScoreResponse:  # pragma: no cover - schema only
+        raise NotImplementedError("answered by ScoreEndpoint")
 
-    @property
-    def limit(self) -> int:
-        return int(self.value)
-
-    def observe(self, latency: float, now: float) -> None:
-        if self.target <= 0:
-            return
-        if latency > self.target:
-            if now - self._last_cut >= self.backoff_s:
-                self.value = max(float(self.floor), self.value * 0.9)
-                self._last_cut = now
-        else:
-            self.value = min(float(self.ceiling), self.value + 1.0 / self.value)
-
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class _ScoreAdmission:
-    """Pure ASGI middleware around ``/score``: admission (at most ``limiter.limit`` requests in
-    flight; one more gets 429 before anything else is done for it), then the latency and the
-    status of every answer, 422s included. (Starlette's BaseHTTPMiddleware would add a task and a
-    stream per request.)
-    """
-
-    OVERLOADED = json.dumps(
-        {"detail": "too many requests in flight; retry shortly", "error": "overloaded"}
-    ).encode()
-
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        metrics: Metrics,
-        limiter: AdaptiveLimit,
-    ):
-        self.app = app
-        self.metrics = metrics
-        self.limiter = limiter
-        self.in_flight = 0
-        self._by_status: dict[int, Any] = {}  # counter children, looked up once per status
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/score":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        if self.in_flight >= self.limiter.limit:
-            await self._shed(send)
-            self.metrics.shed.inc()
-            self._count(429)
-            self.metrics.request_seconds.observe(time.monotonic() - started)
-            return
-        self.in_flight += 1
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.in_flight -= 1
-            finished = time.monotonic()
-            self.limiter.observe(finished - started, finished)
-            self._count(status)
-            self.metrics.request_seconds.observe(finished - started)
-
-    def _count(self, status: int) -> None:
-        child = self._by_status.get(status)
-        if child is None:
-            child = self._by_status[status] = self.metrics.requests.labels(status=str(status))
-        child.inc()
-
-    async def _shed(self, send: Send) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.OVERLOADED)).encode()),
-            (b"retry-after", b"1"),
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": self.OVERLOADED})
+    return list(router.routes)

@@ -168,6 +168,45 @@ def test_an_oversized_body_is_refused_with_413(client: httpx.Client) -> None:
     assert response.status_code == 413
 
 
+def test_a_streamed_oversized_body_is_refused_before_it_is_all_read(client: httpx.Client) -> None:
+    """Without a content-length (chunked), the limit holds on the bytes as they arrive."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"user_id": 1, "item_ids": ['
+        for _ in range(2_000):
+            yield b"1, " * 1_000
+        yield b"1]}"
+
+    response = client.post("/score", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "MAX_BODY_BYTES" in response.json()["detail"]
+
+
+def test_score_answers_wrong_methods_and_content_types_clearly(client: httpx.Client) -> None:
+    wrong_method = client.get("/score")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    body = b'{"user_id": 1, "item_ids": [1]}'
+    as_text = client.post("/score", content=body, headers={"content-type": "text/plain"})
+    assert as_text.status_code == 422
+    assert "application/json" in as_text.json()["detail"][0]["msg"]
+    # a +json media type and a charset parameter are JSON all the same
+    for kind in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        assert client.post("/score", content=body, headers={"content-type": kind}).is_success
+
+
+def test_validation_errors_have_fastapis_shape(client: httpx.Client) -> None:
+    """Clients written against FastAPI's 422s keep working: detail[] with type, loc under
+    "body", msg, input."""
+    response = client.post("/score", json={"user_id": "seven", "item_ids": [1]})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "user_id"]
+    assert error["type"] == "int_type"  # strict: a string is not an id
+    assert error["input"] == "seven"
+    assert error["msg"]
+
+
 @pytest.fixture
 def client(service: ServiceThread) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service.url, timeout=30) as http:

@@ -255,7 +255,7 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
 
 
 def test_the_adaptive_limit_shrinks_on_slow_answers_and_regrows_on_fast_ones() -> None:
-    from service.api import AdaptiveLimit
+    from service.score_endpoint import AdaptiveLimit
 
     fixed = AdaptiveLimit(ceiling=64)
     fixed.observe(10.0, now=0.0)
