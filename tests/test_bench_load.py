@@ -28,11 +28,13 @@ from bench.loadgen import (
     summarize,
 )
 from bench.service_load import (
+    MIN_MEASURED_REQUESTS,
     comparison,
     ladder,
     mean_batch,
     parse_metrics,
     python_command,
+    step_seconds,
     sustained,
 )
 
@@ -266,6 +268,21 @@ def test_comparison_when_naive_sustains_nothing() -> None:
     assert summary["overhead_at_rate"] == 5  # the service's lowest step stands in
     assert summary["throughput_ratio"] is None
     assert summary["throughput_ratio_vs_naive_peak"] == pytest.approx(5 / 3)
+
+
+def test_naive_peak_bounds_nothing_unless_the_naive_ladder_saturated() -> None:
+    """A naive ladder cut short by a slow tail at low load (it kept up with every rate it was
+    offered) says nothing about its capacity: no lower-bound ratio from it."""
+    summary = comparison([step(10, 10, 3, 6), step(40, 40, 3, 7)], [step(2, 2, 15, 54)], 1.0)
+    assert summary["naive_peak_rate"] is None
+    assert summary["throughput_ratio_vs_naive_peak"] is None
+    assert not summary["targets"]["ratio_met"]
+
+
+def test_low_rate_steps_run_long_enough_for_a_meaningful_p99() -> None:
+    assert step_seconds(1000, duration=8, warmup=2) == 8
+    assert step_seconds(10, duration=8, warmup=2) == 2 + MIN_MEASURED_REQUESTS / 10
+    assert step_seconds(7, duration=8, warmup=2) * 7 >= MIN_MEASURED_REQUESTS + 2 * 7
 
 
 METRICS = """\
