@@ -6,8 +6,9 @@
 #
 #   bash deploy/demo.sh
 #
-# Everything lands in artifacts/demo/ (git-ignored). A second run reuses the data and the trained
-# checkpoint (the export is redone: it follows the code); delete artifacts/demo/ to start over. Settings by environment variable:
+# Everything lands in artifacts/demo/ (git-ignored). A second run reuses the data and the
+# trained checkpoint (the export is redone: it follows the code); delete artifacts/demo/ to start
+# over. Settings by environment variable:
 #   DEMO_DIR (artifacts/demo), DEMO_EPOCHS (3), DEMO_TRAIN_ROWS (200000),
 #   DEMO_SERVE (1; 0 stops after the export), HOST (127.0.0.1), PORT (8000),
 #   DEMO_REDIS_URL (unset: a redis-server is started on DEMO_REDIS_PORT, 6399, and stopped on exit)
