@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,8 +361,8 @@ def population(data: Path, seed: int = 0) -> Population:
     return Population(users, int(features.item_vocab), explicit, len(full))
 
 
-def model_floor(model: Path, budget_s: float = 5.0) -> dict[str, Any]:
-    """onnxruntime alone on 1 user x 100 candidates, history 64: the latency no service beats."""
+def model_call(model: Path) -> tuple[dict[str, Any], Callable[[], Any]]:
+    """The model's metadata and one onnxruntime call on 1 user x 100 candidates, history 64."""
     from bench.model_latency import requests
     from export.onnx_io import make_session, read_metadata
     from model.schema import FeatureSchema
@@ -375,11 +375,56 @@ def model_floor(model: Path, budget_s: float = 5.0) -> dict[str, Any]:
     arrays = {name: feeds[name] for name in names}
     for _ in range(20):
         session.run(None, arrays)
+    return meta, lambda: session.run(None, arrays)
+
+
+def paced_median_ms(call: Callable[[], Any], spacing_s: float, calls: int = 300) -> float:
+    """Median time of ``call`` made once every ``spacing_s`` (sleeping between), in ms."""
+    samples = []
+    for _ in range(calls):
+        time.sleep(spacing_s)
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(samples)
+
+
+def idle_penalty(model: Path, redis_url: str, rate: float) -> dict[str, Any]:
+    """The same work back to back and spaced at ``rate`` (nothing else running): on a machine
+    whose idle cores sleep, each hand-off between processes or threads and each cold start of
+    the model costs more at a low rate than in a tight loop. It explains part of the service's
+    overhead at low load, which the back-to-back floor does not show."""
+    import redis
+
+    from service.features.layout import Keys
+
+    live = Keys("qin").live
+    _, run_model = model_call(model)
+    client = redis.Redis.from_url(redis_url)
+    try:
+
+        def redis_get() -> Any:
+            return client.get(live)
+
+        return {
+            "rate": rate,
+            "model_back_to_back_ms": paced_median_ms(run_model, 0.0),
+            "model_paced_ms": paced_median_ms(run_model, 1.0 / rate),
+            "redis_get_back_to_back_ms": paced_median_ms(redis_get, 0.0),
+            "redis_get_paced_ms": paced_median_ms(redis_get, 1.0 / rate),
+        }
+    finally:
+        client.close()
+
+
+def model_floor(model: Path, budget_s: float = 5.0) -> dict[str, Any]:
+    """onnxruntime alone on 1 user x 100 candidates, history 64: the latency no service beats."""
+    meta, run_model = model_call(model)
     samples: list[float] = []
     started = time.perf_counter()
     while len(samples) < 200 or (time.perf_counter() - started < budget_s and len(samples) < 5000):
         t0 = time.perf_counter()
-        session.run(None, arrays)
+        run_model()
         samples.append(time.perf_counter() - t0)
     ordered = np.sort(np.asarray(samples)) * 1e3
     return {
@@ -570,10 +615,25 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{_ratio(summary['throughput_ratio'])} (target >= 5x); against the naive service's "
         f"peak at any latency ({_rate(summary['naive_peak_rate'])}): at least "
         f"{_ratio(summary['throughput_ratio_vs_naive_peak'])}.",
+        *_penalty_lines(results.get("idle_penalty")),
         f"Load average at start: {results['load_average']}; the generator, the services and "
         "Redis share the machine's cores.",
     ]
     return lines
+
+
+def _penalty_lines(penalty: dict[str, Any] | None) -> list[str]:
+    if not penalty:
+        return []
+    return [
+        f"Idle penalty of this machine (nothing else running; back to back vs one call every "
+        f"1/{penalty['rate']:g} s): the model call {penalty['model_back_to_back_ms']:.3f} vs "
+        f"{penalty['model_paced_ms']:.3f} ms, a Redis GET round trip "
+        f"{penalty['redis_get_back_to_back_ms']:.3f} vs {penalty['redis_get_paced_ms']:.3f} ms. "
+        "A request at low load pays the paced figures: its model call, its Redis round trip "
+        "and its other hand-offs (client to event loop, loop to model thread and back) wake "
+        "sleeping cores."
+    ]
 
 
 def _ms(value: float | None) -> str:
@@ -724,7 +784,12 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             services[service_run.name] = measure_service(
                 children, service_run, env, rates, settings
             )
-    steps = {name: run["steps"] for name, run in services.items()}
+        steps = {name: run["steps"] for name, run in services.items()}
+        summary = comparison(steps.get("service", []), steps.get("naive", []), floor["median_ms"])
+        penalty = None
+        if summary["overhead_at_rate"] is not None:
+            print("idle penalty ...", flush=True)
+            penalty = idle_penalty(args.model, redis_server.url, summary["overhead_at_rate"])
     return {
         "candidates": CANDIDATES,
         "history": HISTORY,
@@ -736,8 +801,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         "p99_limit_ms": P99_LIMIT_MS,
         "load_average": load_average,
         "model_floor": floor,
+        "idle_penalty": penalty,
         "services": services,
-        "summary": comparison(steps.get("service", []), steps.get("naive", []), floor["median_ms"]),
+        "summary": summary,
     }
 
 
