@@ -49,12 +49,14 @@ def _cpu_model() -> str:
 
 
 def commit() -> str:
+    """HEAD's short hash, ``-dirty`` when tracked code differs from it (results files, which
+    every benchmark run rewrites, do not count)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
             capture_output=True,
             text=True,
             check=True,
