@@ -164,8 +164,9 @@ class Settings(BaseSettings):
         description=(
             "When > 0, the in-flight limit adapts (AIMD, at most MAX_IN_FLIGHT) to keep /score "
             "latency under this many milliseconds: it shrinks by 10% per 100 ms in which an "
-            "answer took longer, and grows by one per limit's worth of fast answers. Set it to "
-            "about twice the unloaded p99 to keep admitted requests fast under overload."
+            "answer took longer, and grows by one per limit's worth of fast answers. Set it near "
+            "the unloaded p99 (what the service itself measures, without the network) to keep "
+            "admitted requests fast under overload; a looser target lets a queue build first."
         ),
     )
     request_timeout_s: float = Field(
