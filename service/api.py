@@ -10,7 +10,6 @@ documents ``/score`` in the OpenAPI schema from the same models.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,7 +42,14 @@ from service.schemas import (
     ScoreResponse,
 )
 from service.score_endpoint import PATH as SCORE_PATH
-from service.score_endpoint import AdaptiveLimit, Receive, Scope, ScoreEndpoint, Send
+from service.score_endpoint import (
+    AdaptiveLimit,
+    Receive,
+    Scope,
+    ScoreEndpoint,
+    Send,
+    key_matches,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -206,11 +212,7 @@ def _key_checker(
             if required:
                 raise HTTPException(403, f"disabled: set {setting} to enable")
             return
-        given = request.headers.get("x-api-key", "")
-        authorization = request.headers.get("authorization", "")
-        if authorization.lower().startswith("bearer "):
-            given = authorization[7:].strip()
-        if not hmac.compare_digest(given.encode(), expected):
+        if not key_matches(dict(request.scope["headers"]), expected):
             raise HTTPException(
                 401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -92,6 +92,16 @@ def validation_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def key_matches(headers: Mapping[bytes, bytes], expected: bytes) -> bool:
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (raw ASGI headers, lower-case names)
+    equals ``expected``, compared in constant time. Used by /score and the admin endpoints."""
+    given = headers.get(b"x-api-key", b"")
+    authorization = headers.get(b"authorization", b"")
+    if authorization[:7].lower() == b"bearer ":
+        given = authorization[7:].strip()
+    return hmac.compare_digest(given, expected)
+
+
 def too_long(field: str, count: int, limit: int, setting: str) -> _Refused:
     error = {
         "type": "too_long",
@@ -207,15 +217,8 @@ class ScoreEndpoint:
             raise too_long("history", len(request.history), self.max_history, "MAX_HISTORY")
         return request
 
-    def _check_key(self, headers: dict[bytes, bytes]) -> None:
-        """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time."""
-        if self._key is None:
-            return
-        given = headers.get(b"x-api-key", b"")
-        authorization = headers.get(b"authorization", b"")
-        if authorization[:7].lower() == b"bearer ":
-            given = authorization[7:].strip()
-        if not hmac.compare_digest(given, self._key):
+    def _check_key(self, headers: Mapping[bytes, bytes]) -> None:
+        if self._key is not None and not key_matches(headers, self._key):
             raise _Refused(
                 401, {"detail": "missing or wrong API key"}, {"www-authenticate": "Bearer"}
             )
