@@ -16,8 +16,11 @@ One command, every process its own:
    geometric ladder, one step past saturation: climbing stops after the first step whose p99 is
    above 50 ms or whose achieved rate is below 90% of the offered one. The real service's ladder
    starts at the naive one's highest sustained rate (the comparison point; lower rates add
-   nothing). Mean batch size per step comes from the ``qin_batch_candidates`` and
-   ``qin_batch_requests`` histograms of ``/metrics`` (sum and count deltas), when present.
+   nothing). A step measures at least MIN_MEASURED_REQUESTS requests (longer at low rates), so
+   its p99 is not one outlier. Mean batch size per step comes from the ``qin_batch_candidates`` and
+   ``qin_batch_requests`` histograms of ``/metrics`` (sum and count deltas), when present;
+5. the idle penalty: the model call and a Redis GET back to back and spaced at the comparison
+   rate, nothing else running (what a request at low load pays that the floor does not show).
 
 Requests are 1 user x 100 candidates (uniform over the item vocabulary), users drawn from those
 whose stored history holds 64 items; if the data has too few such users every request sends an
