@@ -225,11 +225,9 @@ class ScoreEndpoint:
 
     async def _body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         """The whole body, refused with 413 as soon as it is known to pass the limit."""
-        limit = self.max_body_bytes
-        too_large = _Refused(413, {"detail": f"body larger than {limit} bytes (MAX_BODY_BYTES)"})
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise too_large
+            raise self._too_large()
         parts: list[bytes] = []
         size = 0
         while True:
@@ -239,10 +237,14 @@ class ScoreEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise too_large
+                raise self._too_large()
             parts.append(chunk)
             if not message.get("more_body", False):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _too_large(self) -> _Refused:
+        limit = self.max_body_bytes
+        return _Refused(413, {"detail": f"body larger than {limit} bytes (MAX_BODY_BYTES)"})
 
     def _done(self, status: int, started: float, adapt: bool) -> None:
         finished = time.monotonic()
