@@ -162,11 +162,14 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0,
         description=(
-            "When > 0, the in-flight limit adapts (AIMD, at most MAX_IN_FLIGHT) to keep /score "
-            "latency under this many milliseconds: it shrinks by 10% per 100 ms in which an "
-            "answer took longer, and grows by one per limit's worth of fast answers. Set it near "
-            "the unloaded p99 (what the service itself measures, without the network) to keep "
-            "admitted requests fast under overload; a looser target lets a queue build first."
+            "When > 0, the in-flight limit adapts (at most MAX_IN_FLIGHT) so that 90% of /score "
+            "answers take at most this many milliseconds. It is judged once per round of answers "
+            "(the limit's worth, at least 20): a round with more than 10% slow answers cuts it by "
+            "half their share, a round in which it refused requests raises it by one, and a limit "
+            "that refused nobody shrinks to twice the concurrency seen (not below 16), so a surge "
+            "after a calm spell is not let in whole. Set it near the unloaded p99 (what the "
+            "service itself measures, without the network) to keep admitted requests fast under "
+            "overload; a looser target lets a queue build first."
         ),
     )
     request_timeout_s: float = Field(

@@ -419,6 +419,45 @@ def test_no_feature_set_loaded_is_a_503(
         running.stop()
 
 
+def test_a_latency_target_shrinks_the_in_flight_limit_and_sheds_the_excess(
+    served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    """ADMISSION_LATENCY_MS far below any real answer time: every answer is slow, so round by
+    round the limit halves down to its floor of 2, and a burst is then mostly shed with 429
+    while every admitted request is still answered in full."""
+    settings = service_settings(
+        served_model, feature_redis.url, max_in_flight=64, admission_latency_ms=0.001
+    )
+    running = ServiceThread(settings).start()
+    running.wait_warm()
+    limiter = running.app.score_endpoint.limiter
+    user = int(served_model.features.user_ids[0])
+    try:
+
+        async def burst(size: int) -> list[int]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                answers = await asyncio.gather(*(_post(http, user) for _ in range(size)))
+            assert all(r.status_code in (200, 429) for r in answers), [r.text for r in answers]
+            assert all(len(r.json()["scores"]) == 10 for r in answers if r.status_code == 200)
+            return [r.status_code for r in answers]
+
+        first = asyncio.run(burst(40))
+        assert first == [200] * 40  # the limit starts at MAX_IN_FLIGHT
+        limits = [limiter.limit]
+        for _ in range(20):  # rounds of max(limit, 20) answers: 64 -> 32 -> 16 -> 8 -> 4 -> 2
+            asyncio.run(burst(40))
+            limits.append(limiter.limit)
+            if limiter.limit == 2:
+                break
+        assert limits[-1] == 2 and limits == sorted(limits, reverse=True), limits
+        last = asyncio.run(burst(40))
+        assert last.count(429) > 0 and last.count(200) > 0
+        text = httpx.get(running.url + "/metrics").text
+        assert metric(text, "qin_shed_requests_total") >= last.count(429)
+    finally:
+        running.stop()
+
+
 def test_too_many_requests_in_flight_are_shed_before_any_work(
     served_model: ServedModel, feature_redis: RedisServer
 ) -> None:

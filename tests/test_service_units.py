@@ -254,19 +254,62 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
     assert settings_markdown() in readme
 
 
-def test_the_adaptive_limit_shrinks_on_slow_answers_and_regrows_on_fast_ones() -> None:
+def test_a_fixed_limit_ignores_latency() -> None:
     from service.score_endpoint import AdaptiveLimit
 
     fixed = AdaptiveLimit(ceiling=64)
-    fixed.observe(10.0, now=0.0)
-    assert fixed.limit == 64  # no target: a fixed limit
-    limit = AdaptiveLimit(ceiling=64, target=0.015, floor=2, backoff_s=0.1)
-    limit.observe(0.050, now=0.0)
-    limit.observe(0.050, now=0.05)  # within the backoff window: one cut only
-    assert limit.limit == 57
-    for step in range(1, 200):
-        limit.observe(0.050, now=0.1 * step)
+    for _ in range(500):
+        fixed.observe(10.0, concurrency=64)
+    assert fixed.limit == 64
+
+
+def _round(limit: object, answers: int, slow: int, concurrency: int, refused: bool) -> None:
+    """Feed one round of answers: ``slow`` of them over a 10 ms target, the rest at 1 ms."""
+    if refused:
+        limit.refused()  # type: ignore[attr-defined]
+    for index in range(answers):
+        limit.observe(0.050 if index < slow else 0.001, concurrency)  # type: ignore[attr-defined]
+
+
+def test_the_adaptive_limit_cuts_by_half_the_slow_share_once_per_round() -> None:
+    from service.score_endpoint import AdaptiveLimit
+
+    limit = AdaptiveLimit(ceiling=64, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
+    _round(limit, answers=63, slow=63, concurrency=64, refused=True)
+    assert limit.limit == 64  # a round is max(limit, 20) answers: no verdict yet
+    limit.observe(0.050, 64)
+    assert limit.limit == 32  # every answer slow: halved, once
+    _round(limit, answers=32, slow=8, concurrency=32, refused=True)
+    assert limit.limit == int(32 * (1 - 0.25 / 2))  # a quarter slow: cut by an eighth
+    for _ in range(40):
+        _round(limit, answers=32, slow=32, concurrency=32, refused=True)
     assert limit.limit == 2  # never below the floor
-    for _ in range(2000):
-        limit.observe(0.005, now=100.0)
-    assert 60 <= limit.limit <= 64  # fast answers grow it back, never past the ceiling
+
+
+def test_the_adaptive_limit_tolerates_the_quantile_and_grows_only_when_it_refused() -> None:
+    from service.score_endpoint import AdaptiveLimit
+
+    limit = AdaptiveLimit(ceiling=64, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
+    limit.value = 20.0
+    _round(limit, answers=20, slow=2, concurrency=20, refused=True)
+    assert limit.limit == 21  # 10% slow is within the 0.9 quantile; it refused someone: +1
+    _round(limit, answers=21, slow=3, concurrency=21, refused=True)
+    assert limit.limit == 19  # 3 of 21 slow (14%) is over: cut by 7%
+    _round(limit, answers=20, slow=0, concurrency=19, refused=False)
+    assert limit.limit == 19  # fast, but nobody was refused: no raise
+    for _ in range(200):
+        _round(limit, answers=64, slow=0, concurrency=64, refused=True)
+    assert limit.limit == 64  # never past the ceiling
+
+
+def test_an_unused_adaptive_limit_shrinks_towards_the_load_but_keeps_spare_room() -> None:
+    from service.score_endpoint import AdaptiveLimit
+
+    limit = AdaptiveLimit(ceiling=128, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
+    _round(limit, answers=128, slow=0, concurrency=40, refused=False)
+    assert limit.limit == 80  # twice the peak concurrency of the round
+    _round(limit, answers=80, slow=0, concurrency=3, refused=False)
+    assert limit.limit == 16  # light load: the spare room is left
+    limit.value = 10.0  # after cuts below the spare room ...
+    _round(limit, answers=20, slow=0, concurrency=10, refused=False)
+    assert limit.limit == 10  # ... a calm round does not reopen it: only refusals raise it
