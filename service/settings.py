@@ -24,7 +24,27 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://localhost:6379/0",
-        description="Redis holding the feature store (redis://[:password@]host:port/db).",
+        description=(
+            "Redis holding the feature store: redis://[:password@]host:port/db, or rediss:// "
+            "for TLS (see REDIS_TLS_*)."
+        ),
+    )
+    redis_tls_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA certificates (PEM) that a rediss:// REDIS_URL's server certificate must chain "
+            "to; unset: the system's CAs. Only with rediss://."
+        ),
+    )
+    redis_tls_cert_file: Path | None = Field(
+        default=None,
+        description=(
+            "Client certificate (PEM) for a Redis that requires one (tls-auth-clients yes); "
+            "with REDIS_TLS_KEY_FILE. Only with rediss://."
+        ),
+    )
+    redis_tls_key_file: Path | None = Field(
+        default=None, description="Private key (PEM) of REDIS_TLS_CERT_FILE."
     )
     redis_timeout_s: float = Field(
         default=0.25,
@@ -211,6 +231,36 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the service and of uvicorn."
     )
+
+    def redis_tls(self, url: str | None = None) -> dict[str, str]:
+        """redis-py connection arguments for the TLS files, for ``url`` (default REDIS_URL):
+        empty for a plain redis:// URL (then no TLS file may be set: the validator says so)."""
+        if not (url or self.redis_url).startswith("rediss://"):
+            return {}
+        files = {
+            "ssl_ca_certs": self.redis_tls_ca_file,
+            "ssl_certfile": self.redis_tls_cert_file,
+            "ssl_keyfile": self.redis_tls_key_file,
+        }
+        return {name: str(path) for name, path in files.items() if path is not None}
+
+    @model_validator(mode="after")
+    def _tls_files_fit(self) -> Settings:
+        files = {
+            "REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
+            "REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+            "REDIS_TLS_KEY_FILE": self.redis_tls_key_file,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not self.redis_url.startswith("rediss://"):
+            scheme = self.redis_url.split("://", 1)[0]  # never the URL: it may hold a password
+            raise ValueError(f"{', '.join(given)} need a rediss:// REDIS_URL, not {scheme}://")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
 
     @model_validator(mode="after")
     def _batch_holds_a_request(self) -> Settings:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.features.loader import load_dataset
-from service.features.testing import RedisServer
+from service.features.testing import RedisServer, make_certificates
 from tests.service_stack import ServedModel, ServiceThread, service_settings
 from tests.test_service import metric
 
@@ -172,3 +172,66 @@ def test_a_password_protected_redis_is_used_and_a_wrong_password_is_reported_saf
             assert refused.status_code == 503
             for text in (ready.text, refused.text):
                 assert "wrong-pw" not in text and "s3cret" not in text
+
+
+def test_a_tls_redis_is_used_with_a_client_certificate_and_a_wrong_ca_is_refused(
+    served_model: ServedModel, tmp_path: Path
+) -> None:
+    """rediss:// with REDIS_TLS_*: a Redis that speaks only TLS and requires client
+    certificates serves features; trusting another CA fails readiness, without a trace."""
+    certs = make_certificates(tmp_path / "certs")
+    other = make_certificates(tmp_path / "other")
+    with RedisServer(tmp_path / "redis", tls=certs, require_client_cert=True) as redis:
+        tls = {
+            "redis_tls_ca_file": certs.ca,
+            "redis_tls_cert_file": certs.client_cert,
+            "redis_tls_key_file": certs.client_key,
+        }
+        settings = service_settings(served_model, redis.url, **tls)
+        load_dataset(
+            redis.url, served_model.data, prefix="qin", history_len=64, keep=2,
+            tls=settings.redis_tls(),
+        )  # fmt: skip
+        with ServiceThread(settings) as running:
+            assert httpx.get(running.url + "/readyz").status_code == 200
+            user = int(served_model.features.user_ids[0])
+            answer = httpx.post(running.url + "/score", json={"user_id": user, "item_ids": [1, 2]})
+            assert answer.status_code == 200 and answer.json()["history_source"] == "stored"
+            expected = served_model.reference(served_model.history_of(user), [1, 2])
+            np.testing.assert_allclose(answer.json()["scores"], expected, atol=TOLERANCE, rtol=0)
+        distrusting = service_settings(
+            served_model, redis.url, **{**tls, "redis_tls_ca_file": other.ca}
+        )
+        with ServiceThread(distrusting) as running:
+            ready = httpx.get(running.url + "/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"]["ok"] is False
+            refused = httpx.post(running.url + "/score", json={"user_id": 1, "item_ids": [1]})
+            assert refused.status_code == 503
+            assert "Traceback" not in ready.text + refused.text
+
+
+def test_tls_settings_are_checked_before_anything_connects(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    pem = tmp_path / "ca.pem"
+    pem.write_text("not checked here, only that it exists")
+    cases = {
+        "need a rediss:// REDIS_URL, not redis://": {
+            "redis_url": "redis://:pw@127.0.0.1:6379/0", "redis_tls_ca_file": pem,
+        },
+        "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together": {
+            "redis_url": "rediss://127.0.0.1:6379/0", "redis_tls_cert_file": pem,
+        },
+        "REDIS_TLS_CA_FILE: no such file": {
+            "redis_url": "rediss://127.0.0.1:6379/0", "redis_tls_ca_file": tmp_path / "absent.pem",
+        },
+    }  # fmt: skip
+    for message, values in cases.items():
+        with pytest.raises(ValidationError, match=message) as caught:
+            Settings(**values)
+        assert ":pw@" not in str(caught.value)
+    assert Settings(redis_url="redis://127.0.0.1:6379/0").redis_tls() == {}
+    secure = Settings(redis_url="rediss://127.0.0.1:6379/0", redis_tls_ca_file=pem)
+    assert secure.redis_tls() == {"ssl_ca_certs": str(pem)}

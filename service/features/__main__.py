@@ -118,7 +118,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def run_load(args: argparse.Namespace) -> int:
+def run_load(args: argparse.Namespace, settings: Settings) -> int:
     report: LoadReport = load_dataset(
         args.redis_url,
         args.data,
@@ -128,6 +128,7 @@ def run_load(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         timeout_s=args.timeout,
         progress=not args.no_progress,
+        tls=settings.redis_tls(args.redis_url),
     )
     write_s = report.items_s + report.users_s
     print(
@@ -158,9 +159,9 @@ def run_append(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(args.prefix)
-    client = connect(args.redis_url, ADMIN_TIMEOUT_S)
+    client = connect(args.redis_url, ADMIN_TIMEOUT_S, settings.redis_tls(args.redis_url))
     try:
         with translating(args.redis_url, "reading store info"):
             live = client.get(keys.live)
@@ -196,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args = build_parser(settings).parse_args(argv)
     commands: dict[str, Callable[[], int]] = {
-        "load": lambda: run_load(args),
+        "load": lambda: run_load(args, settings),
         "append": lambda: run_append(args, settings),
-        "info": lambda: run_info(args),
+        "info": lambda: run_info(args, settings),
     }
     try:
         return commands[args.command]()

@@ -25,7 +25,7 @@ export), so they are not carried over.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -69,13 +69,15 @@ class LoadReport:
     switch_s: float
 
 
-def connect(url: str, timeout_s: float) -> redis.Redis:
-    """A synchronous client for bulk work: one retry so a stale pooled socket reconnects."""
+def connect(url: str, timeout_s: float, tls: Mapping[str, str] | None = None) -> redis.Redis:
+    """A synchronous client for bulk work: one retry so a stale pooled socket reconnects.
+    ``tls``: redis-py's TLS file arguments for a rediss:// URL (``Settings.redis_tls``)."""
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+        **(tls or {}),
     )
 
 
@@ -362,9 +364,10 @@ def load_dataset(
     chunk: int = DEFAULT_CHUNK,
     timeout_s: float = 60.0,
     progress: bool = False,
+    tls: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Connect and run one load (the command line's ``load``)."""
-    client = connect(url, timeout_s)
+    client = connect(url, timeout_s, tls)
     try:
         loader = BulkLoader(client, prefix, url=url, keep=keep, chunk=chunk, progress=progress)
         return loader.load(data, history_len)

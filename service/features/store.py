@@ -151,6 +151,7 @@ class FeatureStore:
             socket_connect_timeout=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+            **settings.redis_tls(),
         )
         return cls(
             redis.asyncio.Redis(connection_pool=pool),

@@ -4,7 +4,8 @@ The feature store is tested against a real Redis (no fakes: the Lua scripts, pip
 failure modes are what is under test). The server runs on a free loopback port in its own folder,
 without persistence unless asked (``stop(save=True)`` writes a snapshot that ``start()`` loads
 again, so a test can stop Redis and bring the same data back on the same port). Readiness is
-polled with PING; nothing sleeps for a fixed time.
+polled with PING; nothing sleeps for a fixed time. With ``tls`` the server speaks only TLS
+(``make_certificates`` writes a throw-away CA, server and client certificate with openssl).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +44,46 @@ def find_redis_server() -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files of a throw-away CA and of a server and a client certificate it signed."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = Certificates(
+        *(directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                         "client.key"))
+    )  # fmt: skip
+    ca_key = directory / "ca.key"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=test CA", "-keyout", str(ca_key), "-out", str(files.ca))  # fmt: skip
+    names = directory / "names.cnf"
+    names.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for cert, key, subject in (
+        (files.server_cert, files.server_key, "/CN=localhost"),
+        (files.client_cert, files.client_key, "/CN=test client"),
+    ):
+        request = cert.with_suffix(".csr")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key),
+                "-out", str(request))  # fmt: skip
+        openssl("x509", "-req", "-in", str(request), "-CA", str(files.ca), "-CAkey",
+                str(ca_key), "-CAcreateserial", "-days", "2", "-extfile", str(names),
+                "-out", str(cert))  # fmt: skip
+    return files
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -59,6 +101,8 @@ class RedisServer:
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
         password: str | None = None,
+        tls: Certificates | None = None,
+        require_client_cert: bool = False,
     ) -> None:
         found = executable or find_redis_server()
         if found is None:
@@ -71,18 +115,22 @@ class RedisServer:
         self.port = port or free_port()
         self.extra_args = extra_args
         self.password = password
+        self.tls = tls
+        self.require_client_cert = require_client_cert
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "redis.log"
 
     def client(self, timeout_s: float = 5.0) -> redis.Redis:
+        tls = self.tls
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
@@ -90,15 +138,28 @@ class RedisServer:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),  # redis-py retries with backoff by default: not here
+            ssl=tls is not None,
+            ssl_ca_certs=str(tls.ca) if tls else None,
+            ssl_certfile=str(tls.client_cert) if tls else None,
+            ssl_keyfile=str(tls.client_key) if tls else None,
         )
 
     def start(self) -> None:
         """Start the server (loading ``dump.rdb`` if a previous ``stop(save=True)`` left one)."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
+        tls = self.tls
+        listen = (
+            ["--port", "0", "--tls-port", str(self.port),
+             "--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+             "--tls-ca-cert-file", str(tls.ca),
+             "--tls-auth-clients", "yes" if self.require_client_cert else "no"]
+            if tls
+            else ["--port", str(self.port)]
+        )  # fmt: skip
         command = [
             self.executable,
-            "--port", str(self.port),
+            *listen,
             "--bind", "127.0.0.1",
             "--dir", str(self.workdir),
             "--save", "",
