@@ -106,6 +106,15 @@ class Metrics:
         self.queue_candidates = Gauge(
             "qin_queue_candidates", "Candidates waiting for the model.", registry=r
         )
+        self.in_flight = Gauge(
+            "qin_in_flight", "/score requests between arrival and answer.", registry=r
+        )
+        self.in_flight_limit = Gauge(
+            "qin_in_flight_limit",
+            "/score requests allowed in flight: MAX_IN_FLIGHT, or the adaptive limit when "
+            "ADMISSION_LATENCY_MS is set.",
+            registry=r,
+        )
         self.shed = Counter(
             "qin_shed_requests",
             "Requests refused with 429: the queue was full or too many were in flight.",

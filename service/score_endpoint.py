@@ -178,6 +178,8 @@ class ScoreEndpoint:
         self.max_history = max_history
         self.in_flight = 0
         self._by_status: dict[int, Any] = {}  # counter children, looked up once per status
+        metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped: no cost here
+        metrics.in_flight_limit.set_function(lambda: self.limiter.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()

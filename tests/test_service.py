@@ -454,6 +454,8 @@ def test_a_latency_target_shrinks_the_in_flight_limit_and_sheds_the_excess(
         assert last.count(429) > 0 and last.count(200) > 0
         text = httpx.get(running.url + "/metrics").text
         assert metric(text, "qin_shed_requests_total") >= last.count(429)
+        assert metric(text, "qin_in_flight_limit") == limiter.limit
+        assert metric(text, "qin_in_flight") == 0
     finally:
         running.stop()
 
