@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one-shot `artifacts` job of docker-compose.yml (image target train). Builds the demo
-# artifacts with deploy/demo.sh into DEMO_DIR (the shared volume) unless a model is already there,
-# then loads the features into Redis, on every run: a load writes a new feature version and makes
-# it live in one switch, so the service never reads half a load, and old versions are pruned.
+# artifacts with deploy/demo.sh into DEMO_DIR (the shared volume) unless a model of your own is
+# there, then loads the features into Redis, on every run: a load writes a new feature version
+# and makes it live in one switch, so the service never reads half a load, and old versions are
+# pruned.
 #
 #   DEMO_DIR (/models), REDIS_URL (redis://redis:6379/0), DEMO_EPOCHS and DEMO_TRAIN_ROWS (demo.sh)
 #
@@ -14,8 +15,13 @@ export DEMO_DIR="${DEMO_DIR:-/models}"
 REDIS_URL="${REDIS_URL:-redis://redis:6379/0}"
 PY="${VENV:-.venv}/bin/python"
 
-if [ -f "$DEMO_DIR/model.onnx" ]; then
-  echo "== $DEMO_DIR/model.onnx exists: not building (remove the volume to build again)"
+# The demo's own artifacts (generated data, with its meta.json, and the demo checkpoint) are
+# rebuilt on every run: demo.sh reuses the data and the checkpoint and only re-exports (~15 s),
+# so a volume from an older image never serves that image's older graph. Any other model.onnx
+# found in the volume is a model of your own and is served as it is.
+if [ -f "$DEMO_DIR/model.onnx" ] \
+  && ! { [ -f "$DEMO_DIR/data/meta.json" ] && [ -f "$DEMO_DIR/checkpoint/checkpoint.json" ]; }; then
+  echo "== $DEMO_DIR/model.onnx is not the demo's: serving it as it is"
 else
   DEMO_SERVE=0 bash deploy/demo.sh
 fi

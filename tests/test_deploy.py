@@ -9,6 +9,7 @@ with hadolint (``.ci/run``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -152,6 +153,8 @@ def test_the_dashboard_covers_the_service_metrics() -> None:
         "qin_item_cache_hits_total",
         "qin_item_cache_misses_total",
         "qin_shed_requests_total",
+        "qin_in_flight",
+        "qin_in_flight_limit",
         "qin_model_info",
     } <= used
     latency = " ".join(e for e in exprs if "qin_request_duration_seconds_bucket" in e)
@@ -411,3 +414,20 @@ def test_the_demo_finds_a_redis_server() -> None:
     assert executable.is_file() and "using" in found.stderr
     version = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=10)
     assert version.stdout.startswith("Redis server v=")
+
+
+def test_the_artifacts_job_serves_a_model_of_your_own_as_it_is(tmp_path: Path) -> None:
+    """A model.onnx in the volume without the demo's data and checkpoint is not rebuilt (the
+    demo's own artifacts are re-exported on every run; that path trains, so it is not run
+    here): the job goes straight to loading features, and says what is missing."""
+    (tmp_path / "model.onnx").write_bytes(b"a model of your own")
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "build_demo_artifacts.sh")],
+        env={**os.environ, "DEMO_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "model.onnx is not the demo's: serving it as it is" in done.stdout
+    assert done.returncode == 2 and "item_info.parquet is missing" in done.stderr
+    assert (tmp_path / "model.onnx").read_bytes() == b"a model of your own"
