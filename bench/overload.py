@@ -209,7 +209,7 @@ def table(results: dict[str, Any]) -> str:
         markdown_table(columns, rows),
         "",
         f"- Admitted p99 under 3x overload: {s['overload_admitted_p99_ms']:.1f} ms, "
-        f"{s['overload_p99_ratio']:.1f}x the unloaded p99 of {s['unloaded_p99_ms']:.1f} ms "
+        f"{s['overload_p99_ratio']:.2f}x the unloaded p99 of {s['unloaded_p99_ms']:.1f} ms "
         "(target <= 2x).",
         f"- Shed with 429: {100 * (s['overload_shed_share'] or 0):.0f}% of the requests; "
         f"admitted {s['overload_admitted_rate']:.0f} req/s.",
@@ -218,7 +218,7 @@ def table(results: dict[str, Any]) -> str:
     ]
     runs = results.get("runs", [])
     if len(runs) > 1:
-        ratios = ", ".join(f"{r['overload_p99_ratio']:.1f}x" for r in runs)
+        ratios = ", ".join(f"{r['overload_p99_ratio']:.2f}x" for r in runs)
         p99s = ", ".join(f"{r['overload_admitted_p99_ms']:.1f}" for r in runs)
         growth = ", ".join(f"{r['rss_growth_mib']:+.1f}" for r in runs)
         lines.append(
