@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=4.0,
         help="the service's ADMISSION_LATENCY_MS (0 = fixed MAX_IN_FLIGHT only; default 4, about "
-        "the unloaded p99 the service itself measures here; at 3x 773 req/s, 5 gave admitted "
-        "p99 ratios of 1.6-2.2x, 4 gave 1.3-1.8x and shed more below overload)",
+        "the unloaded p99 the service itself measures here; a looser target sheds less below "
+        "overload and leaves admitted requests slower in it)",
     )
     parser.add_argument(
         "--repeat",

@@ -7,8 +7,8 @@ Here a request is: admission (429 before anything else), the API key (401), the 
 size limit (413), one ``ScoreRequest.model_validate_json`` (pydantic-core parses and validates
 in one pass; 422s look exactly like FastAPI's: ``{"detail": [{"type", "loc": ["body", ...],
 "msg", "input"}]}``), the engine, and the answer's bytes. Every outcome is counted by status and
-timed. The route is still described in the OpenAPI schema (``documented_route``), from the same
-request and response models.
+timed. The route is still described in the OpenAPI schema (``api._documented_score_route``), from
+the same request and response models.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class AdaptiveLimit:
         self.ceiling, self.target = ceiling, target
         self.floor, self.spare = min(floor, ceiling), min(spare, ceiling)
         self.quantile, self.min_round = quantile, min_round
+        self._slow_allowed = round(1.0 - quantile, 9)  # 1 - 0.9 is 0.0999...98 in floats
         self.value = float(ceiling)
         self._answers = 0
         self._slow = 0
@@ -96,7 +97,7 @@ class AdaptiveLimit:
         if self._answers < max(self.limit, self.min_round):
             return
         slow_share = self._slow / self._answers
-        if slow_share > round(1.0 - self.quantile, 9):  # 1 - 0.9 is 0.0999...98 in floats
+        if slow_share > self._slow_allowed:
             self.value = max(float(self.floor), self.value * (1.0 - slow_share / 2))
         elif self._refused:
             self.value = min(float(self.ceiling), self.value + 1.0)

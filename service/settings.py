@@ -237,20 +237,15 @@ class Settings(BaseSettings):
         empty for a plain redis:// URL (then no TLS file may be set: the validator says so)."""
         if not (url or self.redis_url).startswith("rediss://"):
             return {}
-        files = {
-            "ssl_ca_certs": self.redis_tls_ca_file,
-            "ssl_certfile": self.redis_tls_cert_file,
-            "ssl_keyfile": self.redis_tls_key_file,
+        return {
+            argument: str(path)
+            for field, argument in _TLS_FILES.items()
+            if (path := getattr(self, field)) is not None
         }
-        return {name: str(path) for name, path in files.items() if path is not None}
 
     @model_validator(mode="after")
     def _tls_files_fit(self) -> Settings:
-        files = {
-            "REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
-            "REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
-            "REDIS_TLS_KEY_FILE": self.redis_tls_key_file,
-        }
+        files = {field.upper(): getattr(self, field) for field in _TLS_FILES}
         given = [name for name, path in files.items() if path is not None]
         if given and not self.redis_url.startswith("rediss://"):
             scheme = self.redis_url.split("://", 1)[0]  # never the URL: it may hold a password
@@ -275,6 +270,14 @@ class Settings(BaseSettings):
                 f"MAX_CANDIDATES ({self.max_candidates})"
             )
         return self
+
+
+#: TLS file settings and the redis-py connection argument each one becomes.
+_TLS_FILES = {
+    "redis_tls_ca_file": "ssl_ca_certs",
+    "redis_tls_cert_file": "ssl_certfile",
+    "redis_tls_key_file": "ssl_keyfile",
+}
 
 
 def settings_markdown() -> str:

@@ -15,6 +15,7 @@ from service.features import ItemFeatures
 from service.packing import ScoringInput, bucket, buckets_up_to, pack
 from service.runtime import CPU, CUDA, ModelError, check_provider, choose_providers
 from service.schemas import ScoreRequest
+from service.score_endpoint import AdaptiveLimit
 from service.settings import Settings
 
 # ------------------------------------------------------------------------------------------------
@@ -255,25 +256,21 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
 
 
 def test_a_fixed_limit_ignores_latency() -> None:
-    from service.score_endpoint import AdaptiveLimit
-
     fixed = AdaptiveLimit(ceiling=64)
     for _ in range(500):
         fixed.observe(10.0, concurrency=64)
     assert fixed.limit == 64
 
 
-def _round(limit: object, answers: int, slow: int, concurrency: int, refused: bool) -> None:
+def _round(limit: AdaptiveLimit, answers: int, slow: int, concurrency: int, refused: bool) -> None:
     """Feed one round of answers: ``slow`` of them over a 10 ms target, the rest at 1 ms."""
     if refused:
-        limit.refused()  # type: ignore[attr-defined]
+        limit.refused()
     for index in range(answers):
-        limit.observe(0.050 if index < slow else 0.001, concurrency)  # type: ignore[attr-defined]
+        limit.observe(0.050 if index < slow else 0.001, concurrency)
 
 
 def test_the_adaptive_limit_cuts_by_half_the_slow_share_once_per_round() -> None:
-    from service.score_endpoint import AdaptiveLimit
-
     limit = AdaptiveLimit(ceiling=64, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
     _round(limit, answers=63, slow=63, concurrency=64, refused=True)
     assert limit.limit == 64  # a round is max(limit, 20) answers: no verdict yet
@@ -287,8 +284,6 @@ def test_the_adaptive_limit_cuts_by_half_the_slow_share_once_per_round() -> None
 
 
 def test_the_adaptive_limit_tolerates_the_quantile_and_grows_only_when_it_refused() -> None:
-    from service.score_endpoint import AdaptiveLimit
-
     limit = AdaptiveLimit(ceiling=64, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
     limit.value = 20.0
     _round(limit, answers=20, slow=2, concurrency=20, refused=True)
@@ -303,8 +298,6 @@ def test_the_adaptive_limit_tolerates_the_quantile_and_grows_only_when_it_refuse
 
 
 def test_an_unused_adaptive_limit_shrinks_towards_the_load_but_keeps_spare_room() -> None:
-    from service.score_endpoint import AdaptiveLimit
-
     limit = AdaptiveLimit(ceiling=128, target=0.010, floor=2, spare=16, quantile=0.9, min_round=20)
     _round(limit, answers=128, slow=0, concurrency=40, refused=False)
     assert limit.limit == 80  # twice the peak concurrency of the round
