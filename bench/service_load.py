@@ -76,6 +76,11 @@ USERS_SAMPLED = 5000
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 BATCH_METRICS = ("qin_batch_candidates", "qin_batch_requests")
+#: The service's per-stage histogram (label ``stage``): where a scored request's time goes inside
+#: the service (redis: features; queue: waiting for the model; model: its batch, from the hand-off
+#: to the model thread to the result back on the event loop; total: arrival to scores).
+STAGE_METRIC = "qin_stage_duration_seconds"
+STAGES = ("redis", "queue", "model", "total")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,17 +125,46 @@ def sustained(step: dict[str, Any]) -> bool:
 
 
 def parse_metrics(text: str, names: tuple[str, ...] = BATCH_METRICS) -> dict[str, float]:
-    """``NAME_sum`` and ``NAME_count`` of the given histograms, summed over label sets."""
+    """``NAME_sum`` and ``NAME_count`` of the given histograms, summed over label sets; the
+    stage histogram per stage, as ``STAGE_METRIC:STAGE_sum`` and ``..._count``."""
     wanted = {f"{name}_{part}" for name in names for part in ("sum", "count")}
+    per_stage = {f"{STAGE_METRIC}_{part}": part for part in ("sum", "count")}
     values: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         series, _, rest = line.partition(" ")
-        metric = series.split("{", 1)[0]
-        if metric in wanted:
-            values[metric] = values.get(metric, 0.0) + float(rest.split()[0])
+        metric, _, labels = series.partition("{")
+        if metric in per_stage:
+            stage = _label(labels, "stage")
+            if stage is None:
+                continue
+            metric = f"{STAGE_METRIC}:{stage}_{per_stage[metric]}"
+        elif metric not in wanted:
+            continue
+        values[metric] = values.get(metric, 0.0) + float(rest.split()[0])
     return values
+
+
+def _label(labels: str, name: str) -> str | None:
+    """The value of label ``name`` in a series' ``a="x",b="y"}`` tail (no escapes needed here:
+    stage names are plain words)."""
+    for pair in labels.rstrip("}").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def stage_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """Mean milliseconds per stage between two scrapes; None when the service has no stages
+    (the naive one) or scored nothing in between."""
+    means = {}
+    for stage in STAGES:
+        mean = mean_batch(before, after, f"{STAGE_METRIC}:{stage}")
+        if mean is not None:
+            means[stage] = mean * 1e3
+    return means or None
 
 
 def mean_batch(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
@@ -199,6 +233,7 @@ def comparison(
         "overhead_at_rate": at_rate if at is not None else None,
         "service_p50_minus_floor_ms": overhead,
         "service_p50_minus_floor_from_due_ms": overhead_scheduled,
+        "service_stage_means_at_rate_ms": at.get("stage_means_ms") if at is not None else None,
         "service_max_rate_p99_50ms": service_max,
         "naive_max_rate_p99_50ms": naive_max,
         "throughput_ratio": ratio,
@@ -321,7 +356,8 @@ def tail(log: Path, lines: int = 15) -> str:
 
 
 def scrape(base: str) -> dict[str, float]:
-    """The batch histograms from /metrics; empty when the service has none (the naive one)."""
+    """The batch and stage histograms from /metrics; empty when the service has none (the
+    naive one)."""
     try:
         status, body = http_get(f"{base}/metrics")
     except OSError:
@@ -482,6 +518,7 @@ def run_step(
     step = dict(json.loads(out.read_text())["summary"])
     step["mean_batch_candidates"] = mean_batch(before, after, "qin_batch_candidates")
     step["mean_batch_requests"] = mean_batch(before, after, "qin_batch_requests")
+    step["stage_means_ms"] = stage_means_ms(before, after)
     return step
 
 
@@ -572,7 +609,8 @@ def status_text(counts: dict[str, int]) -> str:
 def table(results: dict[str, Any]) -> str:
     columns = [
         "service", "offered req/s", "achieved req/s", "candidates/s", "p50 ms", "p95 ms",
-        "p99 ms", "mean batch candidates", "mean batch requests", "non-200", "send lag p99 ms",
+        "p99 ms", "mean batch candidates", "mean batch requests", "in service ms",
+        "non-200", "send lag p99 ms",
     ]  # fmt: skip
     rows = []
     for name, run in results["services"].items():
@@ -584,14 +622,18 @@ def table(results: dict[str, Any]) -> str:
                     f"{step['candidates_per_s']:,.0f}", _ms(latency["p50_ms"]),
                     _ms(latency["p95_ms"]), _ms(latency["p99_ms"]),
                     _num(step["mean_batch_candidates"]), _num(step["mean_batch_requests"]),
-                    status_text(step["status_counts"]), _ms(step["send_lag"]["p99_ms"]),
+                    _stages_cell(step.get("stage_means_ms")), status_text(step["status_counts"]),
+                    _ms(step["send_lag"]["p99_ms"]),
                 ]
             )  # fmt: skip
     return (
         f"Open-loop load, 1 user x {CANDIDATES} candidates, history {HISTORY}; "
         f"{results['step_seconds']:g} s per step ({results['warmup_seconds']:g} s warm-up left "
         f"out; longer at low rates, so that at least {MIN_MEASURED_REQUESTS} requests are "
-        "measured); latency from the scheduled send time (queueing in the generator counts).\n\n"
+        "measured); latency from the scheduled send time (queueing in the generator counts). "
+        "In service: mean ms per request inside the service over the whole step (from "
+        f"``{STAGE_METRIC}``), as features from Redis / queue / model batch (hand-off to the "
+        "model thread and back included) / total.\n\n"
         + markdown_table(columns, rows)
         + "\n\n"
         + "\n".join(f"- {line}" for line in summary_lines(results))
@@ -618,11 +660,35 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{_ratio(summary['throughput_ratio'])} (target >= 5x); against the naive service's "
         f"peak at any latency ({_rate(summary['naive_peak_rate'])}): at least "
         f"{_ratio(summary['throughput_ratio_vs_naive_peak'])}.",
+        *_stage_lines(summary.get("service_stage_means_at_rate_ms"), floor["median_ms"]),
         *_penalty_lines(results.get("idle_penalty")),
         f"Load average at start: {results['load_average']}; the generator, the services and "
         "Redis share the machine's cores.",
     ]
     return lines
+
+
+def _stages_cell(means: dict[str, float] | None) -> str:
+    if not means:
+        return "-"
+    return " / ".join(_ms(means.get(stage)) for stage in STAGES)
+
+
+def _stage_lines(means: dict[str, float] | None, floor_ms: float) -> list[str]:
+    """Where the service's own time went at the comparison rate (the rest of the client's p50
+    is HTTP, JSON and the hand-offs between the generator and the service)."""
+    if not means or "total" not in means:
+        return []
+    parts = ", ".join(
+        f"{label} {_ms(means.get(stage))} ms"
+        for stage, label in (("redis", "features from Redis"), ("queue", "queue"))
+    )
+    return [
+        f"Inside the service at that rate (mean per request, from /metrics): {parts}, model "
+        f"batch {_ms(means.get('model'))} ms (the floor above is {floor_ms:.3f} ms: the rest "
+        f"is the hand-off to the model thread and back, packing, and a colder model call), "
+        f"total {_ms(means['total'])} ms."
+    ]
 
 
 def _penalty_lines(penalty: dict[str, Any] | None) -> list[str]:

@@ -34,9 +34,12 @@ from bench.service_load import (
     mean_batch,
     parse_metrics,
     python_command,
+    stage_means_ms,
     step_seconds,
     sustained,
+    table,
 )
+from service.metrics import Metrics
 
 # --------------------------------------------------------------------------------------------
 # Schedule and summary
@@ -308,6 +311,51 @@ def test_metrics_parsing_and_mean_batch() -> None:
     assert mean_batch({}, after, "qin_batch_candidates") is None  # absent before: no delta
     assert mean_batch(after, after, "qin_batch_candidates") is None  # no batches in between
     assert parse_metrics("qin_requests_total 3\n") == {}
+
+
+def test_stage_means_come_from_the_services_own_metrics_per_stage() -> None:
+    """Parsed from what the service's real registry renders, so a renamed metric or label
+    breaks this test rather than silently emptying the benchmark's column."""
+    metrics = Metrics()
+    for redis_s, model_s in ((0.001, 0.002), (0.003, 0.002)):
+        metrics.stages["redis"].observe(redis_s)
+        metrics.stages["queue"].observe(0.0)
+        metrics.stages["model"].observe(model_s)
+        metrics.stages["total"].observe(redis_s + model_s)
+    before = parse_metrics(metrics.render().decode())
+    metrics.stages["redis"].observe(0.010)
+    metrics.stages["queue"].observe(0.001)
+    metrics.stages["model"].observe(0.004)
+    metrics.stages["total"].observe(0.015)
+    after = parse_metrics(metrics.render().decode())
+    assert after["qin_stage_duration_seconds:redis_count"] == 3.0
+    assert stage_means_ms({}, before) is None  # nothing to subtract from: no delta
+    assert stage_means_ms(before, after) == pytest.approx(
+        {"redis": 10.0, "queue": 1.0, "model": 4.0, "total": 15.0}
+    )
+    assert stage_means_ms(after, after) is None  # nothing scored in between (the naive service)
+
+
+def test_table_shows_the_stage_breakdown_at_the_comparison_rate() -> None:
+    step = {
+        "offered_rate": 90.0, "achieved_rate": 90.0, "candidates_per_s": 9000.0, "ok": True,
+        "latency": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0},
+        "latency_from_send": {"p50_ms": 3.5},
+        "mean_batch_candidates": 100.0, "mean_batch_requests": 1.0,
+        "status_counts": {"200": 900}, "send_lag": {"p99_ms": 1.0},
+        "stage_means_ms": {"redis": 1.2, "queue": 0.1, "model": 1.4, "total": 2.8},
+    }  # fmt: skip
+    naive = {**step, "stage_means_ms": None}
+    floor = {"graph": "serving", "median_ms": 0.3, "p99_ms": 0.5, "calls": 10}
+    results = {
+        "services": {"naive": {"steps": [naive]}, "service": {"steps": [step]}},
+        "summary": comparison([step], [naive], 0.3),
+        "model_floor": floor, "step_seconds": 8, "warmup_seconds": 2, "load_average": [0.1],
+    }  # fmt: skip
+    text = table(results)
+    assert "| 1.20 / 0.10 / 1.40 / 2.80 |" in text
+    assert "features from Redis 1.20 ms, queue 0.10 ms, model batch 1.40 ms" in text
+    assert "total 2.80 ms." in text
 
 
 def test_python_command_uses_this_interpreter() -> None:
