@@ -34,6 +34,18 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def synth_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``python -m model.synth`` arguments of the data these benchmarks train on."""
+    return [
+        "--items", str(args.items),
+        "--users", str(args.users),
+        "--train-rows", str(args.train_rows),
+        "--valid-rows", str(args.eval_rows),
+        "--test-rows", str(args.eval_rows),
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__)
     parser.add_argument("--epochs", type=int, default=6)
@@ -45,20 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated keys of {list(VARIANTS)} (default: all)")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
-    synth_args = [
-        "--items",
-        str(args.items),
-        "--users",
-        str(args.users),
-        "--train-rows",
-        str(args.train_rows),
-        "--valid-rows",
-        str(args.eval_rows),
-        "--test-rows",
-        str(args.eval_rows),
-        "--seed",
-        str(args.seed),
-    ]
+    synth_args = synth_arguments(args)
     names = args.only.split(",") if args.only else list(VARIANTS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -304,29 +304,71 @@ def recent_window(users: Users, user: np.ndarray, prefix: np.ndarray, width: int
     return np.where(position >= 0, ids, 0)
 
 
+#: The click logit's planted terms, in the order they are summed (see click_terms).
+TERMS = (
+    "same_topic_count",
+    "likes_x_views",
+    "likes_x_topic_group",
+    "recent_topic_pair",
+    "popularity",
+)
+
+
+def topic_pair_matrix(config: SynthConfig) -> np.ndarray:
+    """The (k, k) topic-pair effects: target topic x a recent behaviour's topic."""
+    k = n_topics(config.items)
+    return TOPIC_PAIR_SCALE * _streams(config.seed)["world"].standard_normal((k, k))
+
+
+def same_topic_count(world: World, index: np.ndarray) -> np.ndarray:
+    """How many of the most recent behaviours the model reads (64) before rows ``index`` share
+    the target's topic: what ASTA's unnormalised pooling can count."""
+    width = min(ATTENTION_WINDOW, world.config.history_max)
+    items, users, rows = world.items, world.users, world.rows
+    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
+    return (window == items.topic[rows.target[index]][:, None]).sum(axis=1)
+
+
+def click_terms(
+    config: SynthConfig,
+    items: Items,
+    users: Users,
+    rows: Rows,
+    topic_pairs: np.ndarray,
+    index: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Each planted term of the click logit (TERMS) for rows ``index``: their sum is the
+    noiseless logit before the intercept. Analyses use them to see which terms a model got."""
+    width = min(ATTENTION_WINDOW, config.history_max)
+    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
+    target_topic = items.topic[rows.target[index]]
+    same_topic = (window == target_topic[:, None]).sum(axis=1)
+    recent = np.zeros(target_topic.size)
+    for lag, decay in enumerate(RECENT_DECAY[:width]):
+        seen = window[:, lag] >= 0
+        recent += np.where(seen, decay * topic_pairs[window[:, lag], target_topic], 0.0)
+    likes, views = _centred(rows.likes[index]), _centred(rows.views[index])
+    return {
+        "same_topic_count": COUNT_WEIGHT * np.log1p(same_topic),
+        "likes_x_views": LEVEL_PRODUCT_WEIGHT * likes * views,
+        "likes_x_topic_group": LEVEL_GROUP_WEIGHT * topic_group(target_topic) * likes,
+        "recent_topic_pair": recent,
+        "popularity": POPULARITY_WEIGHT * items.popularity[rows.target[index]],
+    }
+
+
 def click_logit(
     config: SynthConfig, items: Items, users: Users, rows: Rows, topic_pairs: np.ndarray
 ) -> np.ndarray:
     """The noiseless click logit of every row, before the intercept (the Bayes-optimal score)."""
-    width = min(ATTENTION_WINDOW, config.history_max)
     out = np.empty(rows.user.size)
     for start in range(0, rows.user.size, CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        window = items.topic[recent_window(users, rows.user[part], rows.prefix[part], width)]
-        target_topic = items.topic[rows.target[part]]
-        same_topic = (window == target_topic[:, None]).sum(axis=1)
-        recent = np.zeros(target_topic.size)
-        for lag, decay in enumerate(RECENT_DECAY[:width]):
-            seen = window[:, lag] >= 0
-            recent += np.where(seen, decay * topic_pairs[window[:, lag], target_topic], 0.0)
-        likes, views = _centred(rows.likes[part]), _centred(rows.views[part])
-        out[part] = (
-            COUNT_WEIGHT * np.log1p(same_topic)
-            + LEVEL_PRODUCT_WEIGHT * likes * views
-            + LEVEL_GROUP_WEIGHT * topic_group(target_topic) * likes
-            + recent
-            + POPULARITY_WEIGHT * items.popularity[rows.target[part]]
-        )
+        index = np.arange(start, min(start + CHUNK_ROWS, rows.user.size))
+        terms = click_terms(config, items, users, rows, topic_pairs, index)
+        total = terms[TERMS[0]]
+        for name in TERMS[1:]:
+            total = total + terms[name]
+        out[index] = total
     return out
 
 
@@ -360,9 +402,7 @@ def make_world(config: SynthConfig) -> World:
     sampler = TopicSampler(items)
     users = make_users(config, items, sampler)
     rows = make_rows(config, items, users, sampler)
-    k = n_topics(config.items)
-    topic_pairs = TOPIC_PAIR_SCALE * _streams(config.seed)["world"].standard_normal((k, k))
-    score = click_logit(config, items, users, rows, topic_pairs)
+    score = click_logit(config, items, users, rows, topic_pair_matrix(config))
     rng = _streams(config.seed)["labels"]
     noisy = score + NOISE_SCALE * rng.standard_normal(score.size)
     bias = _intercept(noisy, TARGET_CLICK_RATE)
@@ -435,6 +475,17 @@ def split_bounds(config: SynthConfig) -> dict[str, tuple[int, int]]:
     }
 
 
+def split_rows(config: SynthConfig) -> dict[str, np.ndarray]:
+    """Each split's rows (indices into the world's time-ordered rows) in the order its file
+    holds them: shuffled within the split. Lets an analysis line a file's rows up with the
+    world's truth."""
+    shuffle = _streams(config.seed)["shuffle"]
+    return {
+        name: start + shuffle.permutation(end - start)
+        for name, (start, end) in split_bounds(config).items()
+    }
+
+
 def write_dataset(world: World, out: Path) -> list[Path]:
     """Write item_info, the three splits and meta.json into `out`; return the written paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -449,10 +500,8 @@ def write_dataset(world: World, out: Path) -> list[Path]:
     )
     paths = [out / "item_info.parquet"]
     pq.write_table(item_table, paths[0], compression=COMPRESSION)
-    shuffle = _streams(world.config.seed)["shuffle"]
-    for name, (start, end) in split_bounds(world.config).items():
+    for name, index in split_rows(world.config).items():
         paths.append(out / f"{name}.parquet")
-        index = start + shuffle.permutation(end - start)
         with pq.ParquetWriter(paths[-1], ROW_SCHEMA, compression=COMPRESSION) as writer:
             for batch in _row_chunks(world, index):
                 writer.write_batch(batch)

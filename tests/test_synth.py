@@ -230,6 +230,29 @@ def test_world_score_is_informative_but_not_separable() -> None:
     assert 0.25 < world.label.mean() < 0.35
 
 
+def test_split_rows_and_planted_terms_line_up_with_the_written_files(
+    tiny_dir: Path, splits: dict[str, pa.Table]
+) -> None:
+    """Analyses hold a model's scores of a file's rows against the world's truth: the row order
+    and the terms must be exactly what the generator wrote and summed."""
+    world = synth.make_world(TINY)
+    order = synth.split_rows(TINY)
+    for name, index in order.items():
+        table = splits[name]
+        np.testing.assert_array_equal(table["item_id"].to_numpy(), world.rows.target[index])
+        np.testing.assert_array_equal(table["label"].to_numpy(), world.label[index])
+    index = order["valid"]
+    pairs = synth.topic_pair_matrix(TINY)
+    terms = synth.click_terms(TINY, world.items, world.users, world.rows, pairs, index)
+    assert tuple(terms) == synth.TERMS
+    total = sum(terms.values())
+    intercept = world.score[index] - total
+    np.testing.assert_allclose(intercept, intercept[0], atol=1e-9)  # only the intercept is left
+    count = synth.same_topic_count(world, index)
+    np.testing.assert_array_equal(count, _same_topic_count(splits["valid"]))
+    np.testing.assert_allclose(terms["same_topic_count"], synth.COUNT_WEIGHT * np.log1p(count))
+
+
 def test_every_topic_and_history_window_helpers() -> None:
     topics = synth.item_topics(TINY)
     assert topics[0] == -1

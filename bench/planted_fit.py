@@ -1,0 +1,190 @@
+"""What each model learned of the generator's planted click process, on its valid split.
+
+    python -m bench.planted_fit [--only qin,mlp] [--epochs 4] [--train-rows 150000]
+
+The ablation table (bench.ablations) says which variant ranks best; this says why. The generated
+data's labels follow a known logit (model.synth: a term in the number of same-topic behaviours,
+two level interactions, a recent-topic pair term, popularity, then noise), so a trained model's
+valid logits can be held against that truth:
+
+* correlation with the noiseless logit (1.0 would be the Bayes-optimal ranking);
+* R^2 of a least-squares fit of the model's logit on the planted terms: how much of what the
+  model outputs is the planted structure rather than something else (noise it fitted);
+* by the number of same-topic behaviours among the 64 the model reads: the spread of the logit
+  and of what the planted terms leave unexplained, and the share of rows scored beyond |8|
+  (click probability below 0.03% or above 99.97%: overconfidence, since the data's noise caps
+  how sure any model can be).
+
+Each variant is trained by the real trainer at the small preset, same data, seed and epochs as
+bench.ablations. Writes bench/results/planted_fit.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.ablations import VARIANTS, synth_arguments
+from bench.report import markdown_table, write_result
+from model import synth
+from model.checkpoint import load_checkpoint
+from model.config import build_config
+from model.data import Dataset
+from model.evaluate import predict
+from model.train import train
+
+#: Same-topic behaviour counts (inclusive bounds) the rows are grouped by.
+COUNT_BANDS = ((0, 0), (1, 8), (9, 30), (31, 64))
+#: |logit| beyond this is called overconfident.
+EXTREME_LOGIT = 8.0
+#: Probabilities are clipped here before taking logits (float32 sigmoids saturate at 1.0).
+PROBABILITY_CLIP = 1e-7
+
+
+def logits(probabilities: np.ndarray) -> np.ndarray:
+    p = np.clip(probabilities.astype(np.float64), PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    return np.log(p / (1.0 - p))
+
+
+def analyse(
+    logit: np.ndarray, truth: np.ndarray, terms: dict[str, np.ndarray], count: np.ndarray
+) -> dict[str, Any]:
+    """The figures above for one model: ``logit`` and ``truth`` (noiseless logit) per row, the
+    planted ``terms`` per row, ``count`` the same-topic behaviours per row."""
+    design = np.column_stack([*terms.values(), np.ones(logit.size)])
+    coefficients, *_ = np.linalg.lstsq(design, logit, rcond=None)
+    residual = logit - design @ coefficients
+    bands = []
+    for low, high in COUNT_BANDS:
+        rows = (count >= low) & (count <= high)
+        if not rows.any():
+            continue
+        bands.append(
+            {
+                "same_topic": [low, high],
+                "rows": int(rows.sum()),
+                "logit_std": float(logit[rows].std()),
+                "unexplained_std": float(residual[rows].std()),
+                "extreme_share": float((np.abs(logit[rows]) > EXTREME_LOGIT).mean()),
+            }
+        )
+    return {
+        "correlation_with_truth": float(np.corrcoef(logit, truth)[0, 1]),
+        "planted_r2": float(1.0 - residual.var() / logit.var()),
+        "coefficients": dict(zip(terms, map(float, coefficients), strict=False)),
+        "extreme_share": float((np.abs(logit) > EXTREME_LOGIT).mean()),
+        "bands": bands,
+    }
+
+
+def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) -> str:
+    columns = ["model", "valid AUC", "corr. with true logit", "planted R^2", "logit beyond ±8"]
+    for low, high in COUNT_BANDS:
+        band = f"{low}" if low == high else f"{low}-{high}"
+        columns.append(f"logit std / unexplained, {band} same-topic")
+    rows = []
+    for result in results:
+        fit = result["fit"]
+        by_band = {tuple(band["same_topic"]): band for band in fit["bands"]}
+        row = [
+            result["variant"],
+            f"{result['valid_auc']:.4f}",
+            f"{fit['correlation_with_truth']:.3f}",
+            f"{fit['planted_r2']:.3f}",
+            f"{fit['extreme_share']:.2%}",
+        ]
+        for band_key in COUNT_BANDS:
+            found = by_band.get(band_key)
+            row.append(
+                "-"
+                if found is None
+                else f"{found['logit_std']:.2f} / {found['unexplained_std']:.2f}"
+            )
+        rows.append(row)
+    return (
+        markdown_table(columns, rows)
+        + f"\n\nValid split; small preset, {epochs} epochs at most (best epoch kept), data: "
+        f"`python -m model.synth {' '.join(synth_args)}`. Rows are grouped by how many of the 64 "
+        "behaviours the model reads share the target's topic (the count term of the planted "
+        "logit); 'unexplained' is what a least-squares fit on the planted terms leaves of the "
+        "model's logit."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.planted_fit", description=__doc__)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-rows", type=int, default=150_000)
+    parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument(
+        "--only", default="qin,mlp", help=f"comma-separated keys of {list(VARIANTS)}"
+    )
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+    names = args.only.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    config = synth.SynthConfig(
+        items=args.items,
+        users=args.users,
+        train_rows=args.train_rows,
+        valid_rows=args.eval_rows,
+        test_rows=args.eval_rows,
+        seed=args.seed,
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        world = synth.generate(config, data)
+        index = synth.split_rows(config)["valid"]
+        truth = world.score[index]
+        terms = synth.click_terms(
+            config, world.items, world.users, world.rows, synth.topic_pair_matrix(config), index
+        )
+        count = synth.same_topic_count(world, index)
+        dataset = Dataset(data)
+        valid = dataset.split("valid")
+        for key in names:
+            name, variant = VARIANTS[key]
+            overrides = [*variant, f"max_epochs={args.epochs}", f"seed={args.seed}"]
+            run = build_config("small", overrides)
+            started = time.perf_counter()
+            meta = train(dataset, run, Path(tmp) / key, torch.device("cpu"), False, False)
+            model, _ = load_checkpoint(Path(tmp) / key)  # the best epoch's weights
+            logit = logits(predict(model, valid, dataset.items))
+            results.append(
+                {
+                    "variant": name,
+                    "overrides": variant,
+                    "valid_auc": meta["metrics"]["valid"]["auc"],
+                    "seconds": time.perf_counter() - started,
+                    "fit": analyse(logit, truth, terms, count),
+                }
+            )
+            print(results[-1], flush=True)
+    synth_args = synth_arguments(args)
+    text = report(results, synth_args, args.epochs)
+    path = write_result(
+        "planted_fit",
+        {"epochs": args.epochs, "synth_args": synth_args, "results": results},
+        text,
+        args.out,
+    )
+    print(text)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
