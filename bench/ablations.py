@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +35,26 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, epochs: int, train_rows: int) -> None:
+    """The generated data and the epoch budget, shared by the benchmarks that train variants."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--train-rows", type=int, default=train_rows)
+    parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+
+
+def chosen_variants(parser: argparse.ArgumentParser, only: str | None) -> list[str]:
+    """Keys of ``--only`` (all variants when not given); an unknown key is a usage error."""
+    names = only.split(",") if only else list(VARIANTS)
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return names
+
+
 def synth_arguments(args: argparse.Namespace) -> list[str]:
     """The ``python -m model.synth`` arguments of the data these benchmarks train on."""
     return [
@@ -46,19 +67,31 @@ def synth_arguments(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def train_variant(
+    dataset: Dataset, key: str, args: argparse.Namespace, out: Path
+) -> tuple[dict[str, Any], float]:
+    """Train variant ``key`` at the small preset with the run's epochs and seed into ``out``
+    (the real trainer, best epoch kept); its checkpoint metadata and the seconds it took."""
+    overrides = [*VARIANTS[key][1], f"max_epochs={args.epochs}", f"seed={args.seed}"]
+    started = time.perf_counter()
+    meta = train(
+        dataset,
+        build_config("small", overrides),
+        out,
+        torch.device("cpu"),
+        resume=False,
+        progress=False,
+    )
+    return meta, time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-rows", type=int, default=200_000)
-    parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=2025)
+    add_data_arguments(parser, epochs=6, train_rows=200_000)
     parser.add_argument("--only", help=f"comma-separated keys of {list(VARIANTS)} (default: all)")
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
+    names = chosen_variants(parser, args.only)
     synth_args = synth_arguments(args)
-    names = args.only.split(",") if args.only else list(VARIANTS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -68,17 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = Dataset(data)
         for key in names:
             name, variant = VARIANTS[key]
-            overrides = [*variant, f"max_epochs={args.epochs}", f"seed={args.seed}"]
-            config = build_config("small", overrides)
-            started = time.perf_counter()
-            meta = train(
-                dataset,
-                config,
-                Path(tmp) / key,
-                torch.device("cpu"),
-                resume=False,
-                progress=False,
-            )
+            meta, seconds = train_variant(dataset, key, args, Path(tmp) / key)
             metrics = meta["metrics"]
             results.append(
                 {
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     "overrides": variant,
                     "parameters": meta["parameters"],
                     "best_epoch": metrics["best_epoch"],
-                    "seconds": time.perf_counter() - started,
+                    "seconds": seconds,
                     "valid": metrics["valid"],
                     "test": metrics["test"],
                 }

@@ -24,21 +24,23 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from bench.ablations import VARIANTS, synth_arguments
+from bench.ablations import (
+    VARIANTS,
+    add_data_arguments,
+    chosen_variants,
+    synth_arguments,
+    train_variant,
+)
 from bench.report import markdown_table, write_result
 from model import synth
 from model.checkpoint import load_checkpoint
-from model.config import build_config
 from model.data import Dataset
 from model.evaluate import predict
-from model.train import train
 
 #: Same-topic behaviour counts (inclusive bounds) the rows are grouped by.
 COUNT_BANDS = ((0, 0), (1, 8), (9, 30), (31, 64))
@@ -78,7 +80,10 @@ def analyse(
     return {
         "correlation_with_truth": float(np.corrcoef(logit, truth)[0, 1]),
         "planted_r2": float(1.0 - residual.var() / logit.var()),
-        "coefficients": dict(zip(terms, map(float, coefficients), strict=False)),
+        "coefficients": {
+            **dict(zip(terms, map(float, coefficients[:-1]), strict=True)),
+            "intercept": float(coefficients[-1]),
+        },
         "extreme_share": float((np.abs(logit) > EXTREME_LOGIT).mean()),
         "bands": bands,
     }
@@ -120,21 +125,12 @@ def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.planted_fit", description=__doc__)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train-rows", type=int, default=150_000)
-    parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=2025)
+    add_data_arguments(parser, epochs=4, train_rows=150_000)
     parser.add_argument(
         "--only", default="qin,mlp", help=f"comma-separated keys of {list(VARIANTS)}"
     )
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
-    names = args.only.split(",")
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    names = chosen_variants(parser, args.only)
     config = synth.SynthConfig(
         items=args.items,
         users=args.users,
@@ -146,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        world = synth.generate(config, data)
+        world = synth.generate(config, data)  # in process: the analysis needs the drawn truth
         index = synth.split_rows(config)["valid"]
         truth = world.score[index]
         terms = synth.click_terms(
@@ -157,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         valid = dataset.split("valid")
         for key in names:
             name, variant = VARIANTS[key]
-            overrides = [*variant, f"max_epochs={args.epochs}", f"seed={args.seed}"]
-            run = build_config("small", overrides)
-            started = time.perf_counter()
-            meta = train(dataset, run, Path(tmp) / key, torch.device("cpu"), False, False)
+            meta, seconds = train_variant(dataset, key, args, Path(tmp) / key)
             model, _ = load_checkpoint(Path(tmp) / key)  # the best epoch's weights
             logit = logits(predict(model, valid, dataset.items))
             results.append(
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     "variant": name,
                     "overrides": variant,
                     "valid_auc": meta["metrics"]["valid"]["auc"],
-                    "seconds": time.perf_counter() - started,
+                    "seconds": seconds,
                     "fit": analyse(logit, truth, terms, count),
                 }
             )

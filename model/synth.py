@@ -320,13 +320,21 @@ def topic_pair_matrix(config: SynthConfig) -> np.ndarray:
     return TOPIC_PAIR_SCALE * _streams(config.seed)["world"].standard_normal((k, k))
 
 
+def _recent_topics(
+    config: SynthConfig, items: Items, users: Users, rows: Rows, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Topics of the behaviours the model reads before rows ``index`` (newest first, -1 for
+    none) and of their targets."""
+    width = min(ATTENTION_WINDOW, config.history_max)
+    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
+    return window, items.topic[rows.target[index]]
+
+
 def same_topic_count(world: World, index: np.ndarray) -> np.ndarray:
     """How many of the most recent behaviours the model reads (64) before rows ``index`` share
     the target's topic: what ASTA's unnormalised pooling can count."""
-    width = min(ATTENTION_WINDOW, world.config.history_max)
-    items, users, rows = world.items, world.users, world.rows
-    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
-    return (window == items.topic[rows.target[index]][:, None]).sum(axis=1)
+    window, target_topic = _recent_topics(world.config, world.items, world.users, world.rows, index)
+    return (window == target_topic[:, None]).sum(axis=1)
 
 
 def click_terms(
@@ -339,12 +347,10 @@ def click_terms(
 ) -> dict[str, np.ndarray]:
     """Each planted term of the click logit (TERMS) for rows ``index``: their sum is the
     noiseless logit before the intercept. Analyses use them to see which terms a model got."""
-    width = min(ATTENTION_WINDOW, config.history_max)
-    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
-    target_topic = items.topic[rows.target[index]]
+    window, target_topic = _recent_topics(config, items, users, rows, index)
     same_topic = (window == target_topic[:, None]).sum(axis=1)
     recent = np.zeros(target_topic.size)
-    for lag, decay in enumerate(RECENT_DECAY[:width]):
+    for lag, decay in enumerate(RECENT_DECAY[: window.shape[1]]):
         seen = window[:, lag] >= 0
         recent += np.where(seen, decay * topic_pairs[window[:, lag], target_topic], 0.0)
     likes, views = _centred(rows.likes[index]), _centred(rows.views[index])
