@@ -52,6 +52,9 @@ class TrainConfig:
     lr_factor: float = 0.5  # lr multiplier on an epoch without improvement
     lr_floor: float = 1e-6
     eval_batch_size: int = 16384
+    # Training rows whose batch statistics replace BatchNorm's running averages after every
+    # epoch (model.train.refresh_batch_norm); 0 keeps the running averages.
+    bn_refresh_rows: int = 65536
     seed: int = 2025
 
 
@@ -181,8 +184,10 @@ def _check_ranges(config: Any) -> None:
             isinstance(value, int)
             and not isinstance(value, bool)
             and value < 1
-            and f.name != "seed"
+            and f.name not in {"seed", "bn_refresh_rows"}
         ):
             raise ValueError(f"{f.name} must be at least 1, got {value}")
+        if f.name == "bn_refresh_rows" and value < 0:
+            raise ValueError(f"bn_refresh_rows must be 0 (off) or positive, got {value}")
         if isinstance(value, float) and f.name in {"lr", "lr_floor"} and value <= 0:
             raise ValueError(f"{f.name} must be positive, got {value}")

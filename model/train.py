@@ -114,6 +114,51 @@ def train_epoch(
     }
 
 
+def refresh_batch_norm(
+    model: CTRModel, dataset: Dataset, config: RunConfig, epoch: int, device: torch.device
+) -> int:
+    """Recompute every BatchNorm's running statistics from the current weights.
+
+    Why: the running averages (momentum 0.1) mix statistics of many past weights. Early in
+    training that is badly wrong for QIN: its quadratic terms start tiny (embeddings at N(0, 1e-4)
+    multiply each other) while a running variance starts at 1, so in eval mode the QNN's
+    normalised branch is scaled down by orders of magnitude for a hundred steps or more, and
+    valid AUC (and the best-epoch choice, and the exported model) reflect weights as they were,
+    not as they are. A forward pass over ``bn_refresh_rows`` training rows in train mode (no
+    gradients, dropout off) with a cumulative average gives the statistics of the weights kept.
+    Returns the rows used (0 when the model has no BatchNorm or the refresh is off).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    rows_wanted = config.train.bn_refresh_rows
+    if not norms or rows_wanted == 0:
+        return 0
+    split = dataset.split("train")
+    settings = config.train
+    # Rows of its own per epoch, apart from the training shuffle's (seed + epoch).
+    seed = settings.seed + 7919 * (epoch + 1)
+    order = iterate_rows(len(split), settings.batch_size, shuffle=True, seed=seed)
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the refresh batches
+        norm.train()
+    used = 0
+    with torch.no_grad():
+        for rows in order:
+            if used >= rows_wanted:
+                break
+            if len(rows) < 2:  # BatchNorm needs two rows for a variance
+                continue
+            batch = assemble_batch(split, dataset.items, rows)
+            model.forward_unique(**batch_tensors(batch, device))
+            used += len(rows)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
+    return used
+
+
 def save_resume(
     folder: Path, model: CTRModel, optimizer: torch.optim.Optimizer, state: LoopState
 ) -> None:
@@ -190,6 +235,7 @@ def train(
         epoch_metrics = train_epoch(
             model, optimizer, dataset, config, state.epoch, device, progress
         )
+        refresh_batch_norm(model, dataset, config, state.epoch, device)
         scores = evaluate_split(model, valid, dataset.items, settings.eval_batch_size, device)
         improved = scores["auc"] > state.best_auc
         record = {

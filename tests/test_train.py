@@ -15,8 +15,10 @@ from model import evaluate as evaluate_cli
 from model import train as train_cli
 from model.checkpoint import load_checkpoint
 from model.config import build_config
-from model.data import Dataset
-from model.train import train
+from model.data import Dataset, assemble_batch, iterate_rows
+from model.evaluate import batch_tensors
+from model.factory import build_model
+from model.train import refresh_batch_norm, train
 
 TINY = ["embedding_dim=8", "vector_dim=8", "batch_size=512", "mlp_hidden=32,16"]
 
@@ -106,6 +108,60 @@ def test_qin_beats_the_mlp_ablation(learnable_data: Path, tmp_path: Path) -> Non
     qin = run(learnable_data, tmp_path / "qin", common)["metrics"]["valid"]["auc"]
     mlp = run(learnable_data, tmp_path / "mlp", [*common, "interaction=mlp"])
     assert qin > mlp["metrics"]["valid"]["auc"], (qin, mlp["metrics"]["valid"])
+
+
+def _norms(model: torch.nn.Module) -> list[torch.nn.BatchNorm1d]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+
+
+def test_batch_norm_refresh_gives_the_statistics_of_the_current_weights(
+    tiny_data: Path,
+) -> None:
+    """After a refresh over one batch, each BatchNorm's running mean and variance are exactly its
+    input's batch statistics under the current weights, the layers are back in eval mode with
+    their momentum, and evaluation no longer depends on what the running averages held."""
+    dataset = Dataset(tiny_data)
+    config = build_config("small", [*TINY, "bn_refresh_rows=512"])
+    model = build_model(config.model, dataset.schema)
+    for norm in _norms(model):  # stale averages, as after training with other weights
+        norm.running_mean.fill_(3.0)
+        norm.running_var.fill_(50.0)
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [
+        norm.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0].clone()))
+        for i, norm in enumerate(_norms(model))
+    ]
+    used = refresh_batch_norm(model, dataset, config, epoch=0, device=torch.device("cpu"))
+    for hook in hooks:
+        hook.remove()
+    assert used == 512
+    assert len(seen) == config.model.qnn_layers
+    for i, norm in enumerate(_norms(model)):
+        torch.testing.assert_close(norm.running_mean, seen[i].mean(dim=0))
+        torch.testing.assert_close(norm.running_var, seen[i].var(dim=0, unbiased=True))
+        assert norm.momentum == 0.1 and not norm.training
+    assert not model.training
+    # The same rows again give the same statistics: the refresh is deterministic per epoch.
+    before = [norm.running_var.clone() for norm in _norms(model)]
+    refresh_batch_norm(model, dataset, config, epoch=0, device=torch.device("cpu"))
+    for old, norm in zip(before, _norms(model), strict=True):
+        torch.testing.assert_close(norm.running_var, old)
+
+
+def test_batch_norm_refresh_off_keeps_the_running_averages(tiny_data: Path) -> None:
+    dataset = Dataset(tiny_data)
+    config = build_config("small", [*TINY, "bn_refresh_rows=0"])
+    model = build_model(config.model, dataset.schema)
+    split = dataset.split("train")
+    model.train()
+    for rows in itertools.islice(iterate_rows(len(split), 256, shuffle=False), 3):
+        model.forward_unique(**batch_tensors(assemble_batch(split, dataset.items, rows), "cpu"))
+    before = [norm.running_var.clone() for norm in _norms(model)]
+    assert refresh_batch_norm(model, dataset, config, 0, torch.device("cpu")) == 0
+    for old, norm in zip(before, _norms(model), strict=True):
+        torch.testing.assert_close(norm.running_var, old)
+    with pytest.raises(ValueError, match="bn_refresh_rows"):
+        build_config("small", ["bn_refresh_rows=-1"])
 
 
 def test_train_and_evaluate_command_lines(
