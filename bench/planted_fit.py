@@ -4,8 +4,8 @@
 
 The ablation table (bench.ablations) says which variant ranks best; this says why. The generated
 data's labels follow a known logit (model.synth: a term in the number of same-topic behaviours,
-two level interactions, a recent-topic pair term, popularity, then noise), so a trained model's
-valid logits can be held against that truth:
+two level interactions, a target-topic x history-topics term, popularity, then noise), so a
+trained model's valid logits can be held against that truth:
 
 * correlation with the noiseless logit (1.0 would be the Bayes-optimal ranking);
 * R^2 of a least-squares fit of the model's logit on the planted terms: how much of what the

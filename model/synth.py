@@ -19,8 +19,10 @@ The planted process (all numpy, vectorised, deterministic by seed):
 * The click logit adds: a term growing with the NUMBER of same-topic items among the most recent 64
   of the history (ASTA's unnormalised ReLU pooling can count; a softmax average cannot); pairwise
   terms a linear model cannot represent (likes x views, likes x a topic-group sign, the target's
-  topic x the topics of the three most recent behaviours); item popularity; Gaussian noise. The
-  intercept is calibrated so that about 30% of rows are clicks.
+  topic x the topic of each of those 64 behaviours, summed); item popularity; Gaussian noise. The
+  intercept is calibrated so that about 30% of rows are clicks. Every history term is a sum over
+  the window, blind to order: the model reads its history without positions (QIN.md), so a term
+  that depended on which behaviour came last would be noise to every model here.
 * Rows are ordered by a global time: train is the earliest, then valid, then test, so every user's
   valid/test rows come later in their sequence than their train rows. Rows are shuffled within a
   split. The test split keeps its labels.
@@ -51,13 +53,15 @@ EXPLORE_RATE = 0.15  # share of behaviours outside the user's interests
 TARGET_FROM_INTEREST = 0.5
 TARGET_CLICK_RATE = 0.3
 ATTENTION_WINDOW = DEFAULT_HISTORY_LEN  # the model reads only the most recent 64 behaviours
-RECENT_DECAY = (0.6, 0.3, 0.1)  # weights of the three most recent behaviours' topic terms
 
 # Click-logit coefficients (see click_logit).
 COUNT_WEIGHT = 0.8
 LEVEL_PRODUCT_WEIGHT = 2.0
 LEVEL_GROUP_WEIGHT = 2.0
 TOPIC_PAIR_SCALE = 1.5
+#: The topic-pair term sums over the window, divided by its width: a full window of one topic
+#: gives HISTORY_PAIR_WEIGHT x that pair's effect.
+HISTORY_PAIR_WEIGHT = 1.2
 POPULARITY_WEIGHT = 0.4
 NOISE_SCALE = 0.7
 #: Brings the drawn item vectors (norm about 16) to about unit norm, like PCA outputs.
@@ -309,13 +313,13 @@ TERMS = (
     "same_topic_count",
     "likes_x_views",
     "likes_x_topic_group",
-    "recent_topic_pair",
+    "history_topic_pair",
     "popularity",
 )
 
 
 def topic_pair_matrix(config: SynthConfig) -> np.ndarray:
-    """The (k, k) topic-pair effects: target topic x a recent behaviour's topic."""
+    """The (k, k) topic-pair effects: a behaviour's topic x the target's topic."""
     k = n_topics(config.items)
     return TOPIC_PAIR_SCALE * _streams(config.seed)["world"].standard_normal((k, k))
 
@@ -349,16 +353,14 @@ def click_terms(
     noiseless logit before the intercept. Analyses use them to see which terms a model got."""
     window, target_topic = _recent_topics(config, items, users, rows, index)
     same_topic = (window == target_topic[:, None]).sum(axis=1)
-    recent = np.zeros(target_topic.size)
-    for lag, decay in enumerate(RECENT_DECAY[: window.shape[1]]):
-        seen = window[:, lag] >= 0
-        recent += np.where(seen, decay * topic_pairs[window[:, lag], target_topic], 0.0)
+    pairs = topic_pairs[np.maximum(window, 0), target_topic[:, None]]
+    history_pairs = np.where(window >= 0, pairs, 0.0).sum(axis=1) / window.shape[1]
     likes, views = _centred(rows.likes[index]), _centred(rows.views[index])
     return {
         "same_topic_count": COUNT_WEIGHT * np.log1p(same_topic),
         "likes_x_views": LEVEL_PRODUCT_WEIGHT * likes * views,
         "likes_x_topic_group": LEVEL_GROUP_WEIGHT * topic_group(target_topic) * likes,
-        "recent_topic_pair": recent,
+        "history_topic_pair": HISTORY_PAIR_WEIGHT * history_pairs,
         "popularity": POPULARITY_WEIGHT * items.popularity[rows.target[index]],
     }
 
