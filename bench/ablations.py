@@ -1,6 +1,6 @@
 """QIN against DIN and the paper's ablations, on one generated dataset, same epochs.
 
-    python -m bench.ablations [--epochs 6] [--train-rows 200000]
+    python -m bench.ablations [--epochs 8] [--train-rows 150000] [--items 2000]
 
 Each variant is trained by the real trainer (``model.train.train``) at the small preset with the
 same data, seed and epoch budget; the best epoch by valid AUC is kept, then valid and test are
@@ -35,12 +35,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, epochs: int, train_rows: int) -> None:
-    """The generated data and the epoch budget, shared by the benchmarks that train variants."""
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--train-rows", type=int, default=train_rows)
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generated data and the epoch budget, shared by the benchmarks that train variants
+    (the same defaults, so that their tables describe the same runs)."""
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-rows", type=int, default=150_000)
     parser.add_argument("--eval-rows", type=int, default=20_000, help="rows of valid and of test")
-    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
@@ -87,7 +88,7 @@ def train_variant(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__)
-    add_data_arguments(parser, epochs=6, train_rows=200_000)
+    add_data_arguments(parser)
     parser.add_argument("--only", help=f"comma-separated keys of {list(VARIANTS)} (default: all)")
     args = parser.parse_args(argv)
     names = chosen_variants(parser, args.only)

@@ -1,6 +1,6 @@
 """What each model learned of the generator's planted click process, on its valid split.
 
-    python -m bench.planted_fit [--only qin,mlp] [--epochs 4] [--train-rows 150000]
+    python -m bench.planted_fit [--only qin,mlp] [--epochs 8] [--train-rows 150000] [--items 2000]
 
 The ablation table (bench.ablations) says which variant ranks best; this says why. The generated
 data's labels follow a known logit (model.synth: a term in the number of same-topic behaviours,
@@ -125,7 +125,7 @@ def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.planted_fit", description=__doc__)
-    add_data_arguments(parser, epochs=4, train_rows=150_000)
+    add_data_arguments(parser)
     parser.add_argument(
         "--only", default="qin,mlp", help=f"comma-separated keys of {list(VARIANTS)}"
     )

@@ -128,12 +128,11 @@ def refresh_batch_norm(
     gradients, dropout off) with a cumulative average gives the statistics of the weights kept.
     Returns the rows used (0 when the model has no BatchNorm or the refresh is off).
     """
+    settings = config.train
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    rows_wanted = config.train.bn_refresh_rows
-    if not norms or rows_wanted == 0:
+    if not norms or settings.bn_refresh_rows == 0:
         return 0
     split = dataset.split("train")
-    settings = config.train
     # Rows of its own per epoch, apart from the training shuffle's (seed + epoch).
     seed = settings.seed + 7919 * (epoch + 1)
     order = iterate_rows(len(split), settings.batch_size, shuffle=True, seed=seed)
@@ -146,7 +145,7 @@ def refresh_batch_norm(
     used = 0
     with torch.no_grad():
         for rows in order:
-            if used >= rows_wanted:
+            if used >= settings.bn_refresh_rows:
                 break
             if len(rows) < 2:  # BatchNorm needs two rows for a variance
                 continue
