@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,24 @@ def synth_arguments(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def generate_data(args: argparse.Namespace, folder: Path) -> Dataset:
+    """Write the run's dataset into ``folder`` with ``python -m model.synth`` and open it."""
+    command = [sys.executable, "-m", "model.synth", "--out", str(folder), *synth_arguments(args)]
+    subprocess.run(command, check=True)
+    return Dataset(folder)
+
+
 def train_variant(
-    dataset: Dataset, key: str, args: argparse.Namespace, out: Path
+    dataset: Dataset,
+    key: str,
+    args: argparse.Namespace,
+    out: Path,
+    settings: Sequence[str] = (),
 ) -> tuple[dict[str, Any], float]:
-    """Train variant ``key`` at the small preset with the run's epochs and seed into ``out``
-    (the real trainer, best epoch kept); its checkpoint metadata and the seconds it took."""
-    overrides = [*VARIANTS[key][1], f"max_epochs={args.epochs}", f"seed={args.seed}"]
+    """Train variant ``key`` at the small preset with the run's epochs and seed, plus any
+    ``settings`` (``KEY=VALUE``, as ``--set``), into ``out`` (the real trainer, best epoch
+    kept); its checkpoint metadata and the seconds it took."""
+    overrides = [*VARIANTS[key][1], f"max_epochs={args.epochs}", f"seed={args.seed}", *settings]
     started = time.perf_counter()
     meta = train(
         dataset,
@@ -95,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     synth_args = synth_arguments(args)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        subprocess.run(
-            [sys.executable, "-m", "model.synth", "--out", str(data), *synth_args], check=True
-        )
-        dataset = Dataset(data)
+        dataset = generate_data(args, Path(tmp) / "data")
         for key in names:
             name, variant = VARIANTS[key]
             meta, seconds = train_variant(dataset, key, args, Path(tmp) / key)
