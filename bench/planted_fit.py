@@ -10,6 +10,10 @@ trained model's valid logits can be held against that truth:
 * correlation with the noiseless logit (1.0 would be the Bayes-optimal ranking);
 * R^2 of a least-squares fit of the model's logit on the planted terms: how much of what the
   model outputs is the planted structure rather than something else (noise it fitted);
+* the share of that unexplained part's variance that lies between target items (the spread of
+  per-item means, items with at least ``MIN_ITEM_ROWS`` valid rows), against the same share for
+  those rows with their items shuffled (what chance alone gives groups of those sizes): well
+  above chance means the model learned item-specific offsets the planted process lacks;
 * by the number of same-topic behaviours among the 64 the model reads: the spread of the logit
   and of what the planted terms leave unexplained, and the share of rows scored beyond |8|
   (click probability below 0.03% or above 99.97%: overconfidence, since the data's noise caps
@@ -46,6 +50,8 @@ from model.evaluate import predict
 COUNT_BANDS = ((0, 0), (1, 8), (9, 30), (31, 64))
 #: |logit| beyond this is called overconfident.
 EXTREME_LOGIT = 8.0
+#: Items with fewer valid rows are left out of the between-item share (their means are noise).
+MIN_ITEM_ROWS = 5
 #: Probabilities are clipped here before taking logits (float32 sigmoids saturate at 1.0).
 PROBABILITY_CLIP = 1e-7
 
@@ -55,11 +61,27 @@ def logits(probabilities: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
+def between_group_share(values: np.ndarray, group: np.ndarray) -> float:
+    """Share of ``values``' variance (over rows whose group has ``MIN_ITEM_ROWS`` or more rows)
+    carried by the group means; NaN when no group is that large."""
+    _, inverse, sizes = np.unique(group, return_inverse=True, return_counts=True)
+    kept = sizes[inverse] >= MIN_ITEM_ROWS
+    if not kept.any():
+        return float("nan")
+    means = np.bincount(inverse, weights=values) / sizes
+    return float(means[inverse][kept].var() / values[kept].var())
+
+
 def analyse(
-    logit: np.ndarray, truth: np.ndarray, terms: dict[str, np.ndarray], count: np.ndarray
+    logit: np.ndarray,
+    truth: np.ndarray,
+    terms: dict[str, np.ndarray],
+    count: np.ndarray,
+    item: np.ndarray,
 ) -> dict[str, Any]:
     """The figures above for one model: ``logit`` and ``truth`` (noiseless logit) per row, the
-    planted ``terms`` per row, ``count`` the same-topic behaviours per row."""
+    planted ``terms`` per row, ``count`` the same-topic behaviours and ``item`` the target id
+    per row."""
     design = np.column_stack([*terms.values(), np.ones(logit.size)])
     coefficients, *_ = np.linalg.lstsq(design, logit, rcond=None)
     residual = logit - design @ coefficients
@@ -85,12 +107,23 @@ def analyse(
             "intercept": float(coefficients[-1]),
         },
         "extreme_share": float((np.abs(logit) > EXTREME_LOGIT).mean()),
+        "item_share": between_group_share(residual, item),
+        "item_share_shuffled": between_group_share(
+            residual, np.random.default_rng(0).permutation(item)
+        ),
         "bands": bands,
     }
 
 
 def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) -> str:
-    columns = ["model", "valid AUC", "corr. with true logit", "planted R^2", "logit beyond ±8"]
+    columns = [
+        "model",
+        "valid AUC",
+        "corr. with true logit",
+        "planted R^2",
+        "logit beyond ±8",
+        "unexplained between items (shuffled)",
+    ]
     for low, high in COUNT_BANDS:
         band = f"{low}" if low == high else f"{low}-{high}"
         columns.append(f"logit std / unexplained, {band} same-topic")
@@ -104,6 +137,7 @@ def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) ->
             f"{fit['correlation_with_truth']:.3f}",
             f"{fit['planted_r2']:.3f}",
             f"{fit['extreme_share']:.2%}",
+            f"{fit['item_share']:.2f} ({fit['item_share_shuffled']:.2f})",
         ]
         for band_key in COUNT_BANDS:
             found = by_band.get(band_key)
@@ -119,7 +153,9 @@ def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) ->
         f"`python -m model.synth {' '.join(synth_args)}`. Rows are grouped by how many of the 64 "
         "behaviours the model reads share the target's topic (the count term of the planted "
         "logit); 'unexplained' is what a least-squares fit on the planted terms leaves of the "
-        "model's logit."
+        "model's logit; 'between items' is the share of its variance carried by per-target-item "
+        f"means (items with {MIN_ITEM_ROWS}+ rows), in brackets the same with the items "
+        "shuffled."
     )
 
 
@@ -162,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     "overrides": variant,
                     "valid_auc": meta["metrics"]["valid"]["auc"],
                     "seconds": seconds,
-                    "fit": analyse(logit, truth, terms, count),
+                    "fit": analyse(logit, truth, terms, count, world.rows.target[index]),
                 }
             )
             print(results[-1], flush=True)
