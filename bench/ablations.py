@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.report import markdown_table, write_result
+from bench.report import markdown_table, publish
 from model.config import build_config
 from model.data import Dataset
 from model.train import train
@@ -144,15 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nSmall preset, {args.epochs} epochs at most, data: `python -m model.synth "
         f"{' '.join(synth_args)}`."
     )
-    path = write_result(
+    return publish(
         "ablations",
         {"epochs": args.epochs, "synth_args": synth_args, "results": results},
         table,
         args.out,
     )
-    print(table)
-    print(f"written {path}")
-    return 0
 
 
 if __name__ == "__main__":

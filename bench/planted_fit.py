@@ -40,7 +40,7 @@ from bench.ablations import (
     synth_arguments,
     train_variant,
 )
-from bench.report import markdown_table, write_result
+from bench.report import markdown_table, publish
 from model import synth
 from model.checkpoint import load_checkpoint
 from model.data import Dataset
@@ -204,15 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             print(results[-1], flush=True)
     synth_args = synth_arguments(args)
     text = report(results, synth_args, args.epochs)
-    path = write_result(
+    return publish(
         "planted_fit",
         {"epochs": args.epochs, "synth_args": synth_args, "results": results},
         text,
         args.out,
     )
-    print(text)
-    print(f"written {path}")
-    return 0
 
 
 if __name__ == "__main__":

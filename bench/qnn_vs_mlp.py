@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ablations import add_data_arguments, generate_data, synth_arguments, train_variant
-from bench.report import markdown_table, write_result
+from bench.report import markdown_table, publish
 from model.config import build_config
 
 #: The preset itself, then one change each: the paper's batch size, five times the embedding L2,
@@ -85,15 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nSmall preset plus each row's settings (both networks), {args.epochs} epochs at "
         f"most, seed {args.seed}, data: `python -m model.synth {' '.join(synth_args)}`."
     )
-    path = write_result(
+    return publish(
         "qnn_vs_mlp",
         {"epochs": args.epochs, "synth_args": synth_args, "results": results},
         table,
         args.out,
     )
-    print(table)
-    print(f"written {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -113,3 +113,12 @@ def write_result(
     md = out_dir / f"{name}.md"
     md.write_text(table.rstrip() + "\n" + footer)
     return md
+
+
+def publish(name: str, results: dict[str, Any], table: str, out_dir: Path | None = None) -> int:
+    """``write_result``, then print what was written and where: the common end of a benchmark's
+    ``main`` (its exit status, 0)."""
+    path = write_result(name, results, table, out_dir)
+    print(path.read_text())
+    print(f"written {path}")
+    return 0

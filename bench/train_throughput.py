@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.report import markdown_table, write_result
+from bench.report import markdown_table, publish
 from model.config import build_config
 from model.data import Batch, Dataset, assemble_batch, iterate_rows
 from model.evaluate import batch_tensors
@@ -153,15 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
         table_rows,
     )
-    path = write_result(
+    return publish(
         "train_throughput",
         {"threads": torch.get_num_threads(), "results": results},
         table,
         args.out,
     )
-    print(table)
-    print(f"written {path}")
-    return 0
 
 
 if __name__ == "__main__":
