@@ -21,6 +21,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="small,paper")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per cell (default 2)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default bench/results")
     args = parser.parse_args(argv)
     rows = []
     for preset in args.presets.split(","):
@@ -221,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     name = "model_latency" if args.provider == "cpu" else "model_latency_cuda"
     title = f"Model-only latency, onnxruntime {ort.__version__} ({args.provider}), history 64\n\n"
-    path = write_result(name, {"provider": args.provider, "rows": rows}, title + table)
+    path = write_result(
+        name, {"provider": args.provider, "rows": rows}, title + table, args.out_dir
+    )
     print(path.read_text())
     return 0
 

@@ -50,7 +50,11 @@ def _cpu_model() -> str:
 
 def commit() -> str:
     """HEAD's short hash, ``-dirty`` when tracked code differs from it (results files, which
-    every benchmark run rewrites, do not count)."""
+    every benchmark run rewrites, do not count). Where the tree is a copy without git (a GPU
+    machine's), ``BENCH_COMMIT`` names the commit it was copied from."""
+    given = os.environ.get("BENCH_COMMIT")
+    if given and not Path(".git").exists():
+        return given
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -63,7 +67,7 @@ def commit() -> str:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return given or "unknown"
 
 
 def command_line() -> str:
@@ -107,7 +111,9 @@ def write_result(
     (out_dir / f"{name}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
     m = meta["machine"]
     footer = (
-        f"\nMachine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}. "
+        f"\nMachine: {m['processor']}, {m['cpus']} CPUs"
+        + (f", {m['gpu']}" if m.get("gpu") else "")
+        + f", {m['platform']}. "
         f"Command: `{meta['command']}`. Commit {meta['commit']}, {meta['date']}.\n"
     )
     md = out_dir / f"{name}.md"

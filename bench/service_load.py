@@ -3,13 +3,15 @@
     python -m bench.service_load [--rates 10,20,40] [--duration 8] [--only service|naive|both]
         [--model artifacts/demo/model.onnx --checkpoint artifacts/demo/checkpoint
          --data artifacts/demo/data] [--service-command CMD] [--naive-command CMD]
+        [--candidates 100] [--provider cpu|cuda]
 
 One command, every process its own:
 
 1. a redis-server (``RedisServer``) loaded with the dataset's features
    (``python -m service.features load``);
-2. the model-only floor: an onnxruntime CPU session on the same ONNX file, 1 user x 100
-   candidates, history 64, median and p99 of many calls (nothing else running);
+2. the model-only floor: an onnxruntime session on the same ONNX file and provider, 1 user x
+   100 candidates (``--candidates``), history 64, median and p99 of many calls (nothing else
+   running); on CUDA through the service's own runner (IO binding);
 3. the naive service (bench.naive_service), then the real one (``python -m service``, configured
    by MODEL_PATH, REDIS_URL, HOST and PORT), each a child process that must answer ``/readyz``;
 4. for each, the open-loop generator (bench.loadgen, its own process) at fixed rates on a
@@ -24,7 +26,9 @@ One command, every process its own:
 
 Requests are 1 user x 100 candidates (uniform over the item vocabulary), users drawn from those
 whose stored history holds 64 items; if the data has too few such users every request sends an
-explicit 64-item history instead. Writes bench/results/service_load.{json,md,png}.
+explicit 64-item history instead. Writes bench/results/service_load.{json,md,png}, or
+service_load_cuda.* with ``--provider cuda`` (the service then runs with PROVIDER=cuda, and
+refuses to start rather than fall back to the CPU; bench/gpu.sh runs it on a GPU machine).
 
 Every child (Redis, services, generator) is stopped on exit, on error and on Ctrl-C. The
 generator shares the machine's cores with the service and Redis: the step's dispatch lag says
@@ -63,6 +67,8 @@ HISTORY = 64
 CANDIDATES = 100
 #: A step is sustained when p99 is at most this and the achieved rate at least RATE_FRACTION.
 P99_LIMIT_MS = 50.0
+#: The GPU target's latency bound: the highest rate whose p99 stays within it is reported too.
+P99_TIGHT_MS = 5.0
 RATE_FRACTION = 0.9
 #: Bisections between the last sustained and the first unsustained ladder rate.
 REFINEMENTS = 2
@@ -182,9 +188,15 @@ def best_rate(steps: list[dict[str, Any]], key: str, rule: Any = sustained) -> f
     return max(values) if values else None
 
 
-def within_p99(step: dict[str, Any]) -> bool:
+def within_p99(step: dict[str, Any], limit_ms: float = P99_LIMIT_MS) -> bool:
     p99 = step["latency"]["p99_ms"]
-    return p99 is not None and p99 <= P99_LIMIT_MS
+    return p99 is not None and p99 <= limit_ms
+
+
+def within_tight_p99(step: dict[str, Any]) -> bool:
+    """p99 within P99_TIGHT_MS and the offered rate kept up with (a step that shed load or fell
+    behind has a short p99 for the wrong reason)."""
+    return within_p99(step, P99_TIGHT_MS) and not saturated(step)
 
 
 def step_at(steps: list[dict[str, Any]], offered: float) -> dict[str, Any] | None:
@@ -219,6 +231,7 @@ def comparison(
         overhead = at["latency_from_send"]["p50_ms"] - floor_ms
         overhead_scheduled = at["latency"]["p50_ms"] - floor_ms
     service_max = best_rate(service, "achieved_rate", within_p99)
+    service_max_tight = best_rate(service, "achieved_rate", within_tight_p99)
     naive_max = best_rate(naive, "achieved_rate", within_p99)
     ratio = service_max / naive_max if service_max and naive_max else None
     # The naive peak bounds its throughput only if its ladder went past its capacity.
@@ -235,6 +248,7 @@ def comparison(
         "service_p50_minus_floor_from_due_ms": overhead_scheduled,
         "service_stage_means_at_rate_ms": at.get("stage_means_ms") if at is not None else None,
         "service_max_rate_p99_50ms": service_max,
+        "service_max_rate_p99_5ms": service_max_tight,
         "naive_max_rate_p99_50ms": naive_max,
         "throughput_ratio": ratio,
         "naive_peak_rate": naive_peak,
@@ -400,21 +414,42 @@ def population(data: Path, seed: int = 0) -> Population:
     return Population(users, int(features.item_vocab), explicit, len(full))
 
 
-def model_call(model: Path) -> tuple[dict[str, Any], Callable[[], Any]]:
-    """The model's metadata and one onnxruntime call on 1 user x 100 candidates, history 64."""
+def model_call(
+    model: Path, candidates: int = CANDIDATES, provider: str = "cpu"
+) -> tuple[dict[str, Any], Callable[[], Any]]:
+    """The model's metadata and one onnxruntime call on 1 user x ``candidates``, history 64.
+
+    On CUDA the call goes through the service's ModelRunner (inputs and output bound on the
+    device, the result copied back), which refuses a session that fell back to the CPU."""
     from bench.model_latency import requests
     from export.onnx_io import make_session, read_metadata
     from model.schema import FeatureSchema
 
     meta = read_metadata(model)
     schema = FeatureSchema.from_dict(meta["feature_schema"])
-    session = make_session(model)
-    names = [i.name for i in session.get_inputs()]
-    feeds = requests(schema, 1, CANDIDATES).feeds(meta["graph"])
-    arrays = {name: feeds[name] for name in names}
+    feeds = requests(schema, 1, candidates).feeds(meta["graph"])
+    call: Callable[[], Any]
+    if provider == "cuda":
+        from service.runtime import ModelRunner
+
+        runner = ModelRunner(model, "cuda")
+        names = [i.name for i in runner.session.get_inputs()]
+        arrays = {name: feeds[name] for name in names}
+
+        def call() -> Any:
+            return runner.run(arrays)
+
+    else:
+        session = make_session(model)
+        names = [i.name for i in session.get_inputs()]
+        arrays = {name: feeds[name] for name in names}
+
+        def call() -> Any:
+            return session.run(None, arrays)
+
     for _ in range(20):
-        session.run(None, arrays)
-    return meta, lambda: session.run(None, arrays)
+        call()
+    return meta, call
 
 
 def paced_median_ms(call: Callable[[], Any], spacing_s: float, calls: int = 300) -> float:
@@ -428,7 +463,9 @@ def paced_median_ms(call: Callable[[], Any], spacing_s: float, calls: int = 300)
     return 1e3 * statistics.median(samples)
 
 
-def idle_penalty(model: Path, redis_url: str, rate: float) -> dict[str, Any]:
+def idle_penalty(
+    model: Path, redis_url: str, rate: float, candidates: int = CANDIDATES, provider: str = "cpu"
+) -> dict[str, Any]:
     """The same work back to back and spaced at ``rate`` (nothing else running): on a machine
     whose idle cores sleep, each hand-off between processes or threads and each cold start of
     the model costs more at a low rate than in a tight loop. It explains part of the service's
@@ -438,7 +475,7 @@ def idle_penalty(model: Path, redis_url: str, rate: float) -> dict[str, Any]:
     from service.features.layout import Keys
 
     live = Keys("qin").live
-    _, run_model = model_call(model)
+    _, run_model = model_call(model, candidates, provider)
     client = redis.Redis.from_url(redis_url)
     try:
 
@@ -456,9 +493,11 @@ def idle_penalty(model: Path, redis_url: str, rate: float) -> dict[str, Any]:
         client.close()
 
 
-def model_floor(model: Path, budget_s: float = 5.0) -> dict[str, Any]:
-    """onnxruntime alone on 1 user x 100 candidates, history 64: the latency no service beats."""
-    meta, run_model = model_call(model)
+def model_floor(
+    model: Path, budget_s: float = 5.0, candidates: int = CANDIDATES, provider: str = "cpu"
+) -> dict[str, Any]:
+    """onnxruntime alone on 1 user x ``candidates``, history 64: the latency no service beats."""
+    meta, run_model = model_call(model, candidates, provider)
     samples: list[float] = []
     started = time.perf_counter()
     while len(samples) < 200 or (time.perf_counter() - started < budget_s and len(samples) < 5000):
@@ -468,6 +507,7 @@ def model_floor(model: Path, budget_s: float = 5.0) -> dict[str, Any]:
     ordered = np.sort(np.asarray(samples)) * 1e3
     return {
         "graph": meta["graph"],
+        "provider": provider,
         "model_version": meta["model_version"],
         "median_ms": float(statistics.median(ordered)),
         "p99_ms": float(np.percentile(ordered, 99, method="inverted_cdf")),
@@ -489,6 +529,7 @@ class LoadSettings:
     item_vocab: int
     history: int
     workdir: Path
+    candidates: int = CANDIDATES
 
 
 def run_step(
@@ -500,7 +541,7 @@ def run_step(
     command = [
         sys.executable, "-m", "bench.loadgen", "--url", base, "--rate", str(rate),
         "--duration", str(duration), "--warmup", str(settings.warmup),
-        "--candidates", str(CANDIDATES), "--users-file", str(settings.users_file),
+        "--candidates", str(settings.candidates), "--users-file", str(settings.users_file),
         "--item-vocab", str(settings.item_vocab), "--history", str(settings.history),
         "--timeout", str(settings.timeout), "--connections", str(settings.connections),
         "--seed", str(int(rate * 1000)), "--out", str(out),
@@ -627,7 +668,8 @@ def table(results: dict[str, Any]) -> str:
                 ]
             )  # fmt: skip
     return (
-        f"Open-loop load, 1 user x {CANDIDATES} candidates, history {HISTORY}; "
+        f"Open-loop load, 1 user x {results['candidates']} candidates, history {HISTORY}, "
+        f"model on {_provider(results)}; "
         f"{results['step_seconds']:g} s per step ({results['warmup_seconds']:g} s warm-up left "
         f"out; longer at low rates, so that at least {MIN_MEASURED_REQUESTS} requests are "
         "measured); latency from the scheduled send time (queueing in the generator counts). "
@@ -645,8 +687,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     floor = results["model_floor"]
     summary = results["summary"]
     lines = [
-        f"Model-only floor (onnxruntime CPU, {floor['graph']} graph, 1 x {CANDIDATES}, history "
-        f"{HISTORY}): median {floor['median_ms']:.3f} ms, p99 {floor['p99_ms']:.3f} ms "
+        f"Model-only floor (onnxruntime {_provider(results)}, {floor['graph']} graph, 1 x "
+        f"{results['candidates']}, history {HISTORY}): median {floor['median_ms']:.3f} ms, "
+        f"p99 {floor['p99_ms']:.3f} ms "
         f"({floor['calls']:,} calls).",
         f"Naive max sustainable rate (p99 <= {P99_LIMIT_MS:g} ms, >= "
         f"{RATE_FRACTION:.0%} of offered): {_rate(summary['naive_max_sustainable_rate'])}.",
@@ -660,12 +703,18 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{_ratio(summary['throughput_ratio'])} (target >= 5x); against the naive service's "
         f"peak at any latency ({_rate(summary['naive_peak_rate'])}): at least "
         f"{_ratio(summary['throughput_ratio_vs_naive_peak'])}.",
+        f"Max throughput at p99 <= {P99_TIGHT_MS:g} ms (offered rate kept up with): service "
+        f"{_rate(summary.get('service_max_rate_p99_5ms'))}.",
         *_stage_lines(summary.get("service_stage_means_at_rate_ms"), floor["median_ms"]),
         *_penalty_lines(results.get("idle_penalty")),
         f"Load average at start: {results['load_average']}; the generator, the services and "
         "Redis share the machine's cores.",
     ]
     return lines
+
+
+def _provider(results: dict[str, Any]) -> str:
+    return "CUDA" if results.get("provider") == "cuda" else "CPU"
 
 
 def _stages_cell(means: dict[str, float] | None) -> str:
@@ -749,7 +798,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("achieved rate (OK requests/s)")
     axes.set_ylabel("latency from scheduled send (ms)")
-    axes.set_title(f"Open-loop load: 1 user x {CANDIDATES} candidates, history {HISTORY}")
+    axes.set_title(
+        f"Open-loop load: 1 user x {results['candidates']} candidates, history {HISTORY}, "
+        f"{_provider(results)}"
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -788,6 +840,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: python -m bench.naive_service --checkpoint CHECKPOINT",
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--candidates", type=int, default=CANDIDATES, help="candidates per request (1 user)"
+    )
+    parser.add_argument(
+        "--provider",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="onnxruntime provider of the floor and the service (PROVIDER); cuda needs "
+        "onnxruntime-gpu and a GPU",
+    )
     return parser
 
 
@@ -828,6 +890,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise SystemExit(f"checkpoint not found: {args.checkpoint} (run: bash deploy/demo.sh)")
     if args.warmup >= args.duration:
         raise SystemExit("--warmup must be shorter than --duration")
+    if args.candidates < 1:
+        raise SystemExit(f"--candidates must be at least 1, got {args.candidates}")
 
 
 def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str, Any]:
@@ -839,13 +903,18 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         users_file = workdir / "users.txt"
         users_file.write_text("\n".join(str(u) for u in people.users.tolist()) + "\n")
         print("model-only floor ...", flush=True)
-        floor = model_floor(args.model)
+        floor = model_floor(args.model, candidates=args.candidates, provider=args.provider)
         print(f"  median {floor['median_ms']:.3f} ms, p99 {floor['p99_ms']:.3f} ms", flush=True)
         settings = LoadSettings(
             args.duration, args.warmup, args.timeout, args.connections, users_file,
             people.item_vocab, HISTORY if people.explicit_history else 0, workdir,
+            candidates=args.candidates,
         )  # fmt: skip
-        env = {"MODEL_PATH": str(args.model.resolve()), "REDIS_URL": redis_server.url}
+        env = {
+            "MODEL_PATH": str(args.model.resolve()),
+            "REDIS_URL": redis_server.url,
+            "PROVIDER": args.provider,
+        }
         services: dict[str, Any] = {}
         for service_run in service_runs(args):
             naive_steps = services.get("naive", {}).get("steps", [])
@@ -858,9 +927,16 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         penalty = None
         if summary["overhead_at_rate"] is not None:
             print("idle penalty ...", flush=True)
-            penalty = idle_penalty(args.model, redis_server.url, summary["overhead_at_rate"])
+            penalty = idle_penalty(
+                args.model,
+                redis_server.url,
+                summary["overhead_at_rate"],
+                args.candidates,
+                args.provider,
+            )
     return {
-        "candidates": CANDIDATES,
+        "candidates": args.candidates,
+        "provider": args.provider,
         "history": HISTORY,
         "explicit_history": people.explicit_history,
         "users_with_full_history": people.full_history_users,
@@ -894,8 +970,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service_load: {error}", file=sys.stderr)
         return 1
     results["wall_seconds"] = time.monotonic() - started
-    markdown = write_result("service_load", results, table(results), args.out_dir)
-    plot(results, (args.out_dir or RESULTS_DIR) / "service_load.png")
+    name = "service_load" if args.provider == "cpu" else f"service_load_{args.provider}"
+    markdown = write_result(name, results, table(results), args.out_dir)
+    plot(results, (args.out_dir or RESULTS_DIR) / f"{name}.png")
     print(markdown.read_text())
     return 0
 

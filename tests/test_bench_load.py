@@ -27,8 +27,10 @@ from bench.loadgen import (
     score_bodies,
     summarize,
 )
+from bench.report import commit
 from bench.service_load import (
     MIN_MEASURED_REQUESTS,
+    build_parser,
     comparison,
     ladder,
     mean_batch,
@@ -273,6 +275,21 @@ def test_comparison_when_naive_sustains_nothing() -> None:
     assert summary["throughput_ratio_vs_naive_peak"] == pytest.approx(5 / 3)
 
 
+def test_tight_p99_rate_is_the_highest_kept_up_with_step_within_5_ms() -> None:
+    """The GPU target (p99 <= 5 ms at a given rate): a step that fell behind does not count,
+    however short its tail, and a step over 5 ms does not either."""
+    service = [
+        step(500, 500, 2.0, 4.0),
+        step(1000, 998, 2.5, 4.8),
+        step(1500, 1490, 3.0, 5.5),  # tail over 5 ms
+        step(2000, 1500, 3.0, 4.9),  # kept 75% of the offered rate: saturated
+    ]
+    summary = comparison(service, [], floor_ms=1.0)
+    assert summary["service_max_rate_p99_5ms"] == 998
+    assert summary["service_max_rate_p99_50ms"] == 1500
+    assert comparison(service[2:], [], 1.0)["service_max_rate_p99_5ms"] is None
+
+
 def test_naive_peak_bounds_nothing_unless_the_naive_ladder_saturated() -> None:
     """A naive ladder cut short by a slow tail at low load (it kept up with every rate it was
     offered) says nothing about its capacity: no lower-bound ratio from it."""
@@ -349,13 +366,42 @@ def test_table_shows_the_stage_breakdown_at_the_comparison_rate() -> None:
     floor = {"graph": "serving", "median_ms": 0.3, "p99_ms": 0.5, "calls": 10}
     results = {
         "services": {"naive": {"steps": [naive]}, "service": {"steps": [step]}},
-        "summary": comparison([step], [naive], 0.3),
+        "summary": comparison([step], [naive], 0.3), "candidates": 100,
         "model_floor": floor, "step_seconds": 8, "warmup_seconds": 2, "load_average": [0.1],
     }  # fmt: skip
     text = table(results)
     assert "| 1.20 / 0.10 / 1.40 / 2.80 |" in text
     assert "features from Redis 1.20 ms, queue 0.10 ms, model batch 1.40 ms" in text
     assert "total 2.80 ms." in text
+    assert "1 user x 100 candidates, history 64, model on CPU" in text
+    # A result from a CUDA run says so, with its own request size.
+    cuda = table({**results, "candidates": 200, "provider": "cuda"})
+    assert "1 user x 200 candidates, history 64, model on CUDA" in cuda
+    assert "Model-only floor (onnxruntime CUDA, serving graph, 1 x 200, history 64)" in cuda
+    assert "Max throughput at p99 <= 5 ms (offered rate kept up with): service none." in cuda
+
+
+def test_request_size_and_provider_are_options() -> None:
+    args = build_parser().parse_args(["--candidates", "200", "--provider", "cuda"])
+    assert (args.candidates, args.provider) == (200, "cuda")
+    defaults = build_parser().parse_args([])
+    assert (defaults.candidates, defaults.provider) == (100, "cpu")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--provider", "tpu"])
+
+
+def test_results_name_the_commit_a_copied_tree_came_from(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU machine runs a copy of the tree without .git: BENCH_COMMIT names the commit. In a
+    checkout, git's own answer wins over the variable."""
+    monkeypatch.setenv("BENCH_COMMIT", "abc1234")
+    in_checkout = commit()
+    assert in_checkout != "abc1234" and in_checkout != "unknown"
+    monkeypatch.chdir(tmp_path)
+    assert commit() == "abc1234"
+    monkeypatch.delenv("BENCH_COMMIT")
+    assert commit() == "unknown"
 
 
 def test_python_command_uses_this_interpreter() -> None:
