@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.report import markdown_table, publish
-from model.config import build_config
+from model.config import RunConfig, build_config
 from model.data import Dataset
 from model.train import train
 
@@ -76,6 +76,12 @@ def generate_data(args: argparse.Namespace, folder: Path) -> Dataset:
     return Dataset(folder)
 
 
+def variant_config(key: str, args: argparse.Namespace, settings: Sequence[str] = ()) -> RunConfig:
+    """Variant ``key`` at the small preset with the run's epochs and seed, plus ``settings``."""
+    overrides = [*VARIANTS[key][1], f"max_epochs={args.epochs}", f"seed={args.seed}", *settings]
+    return build_config("small", overrides)
+
+
 def train_variant(
     dataset: Dataset,
     key: str,
@@ -86,11 +92,10 @@ def train_variant(
     """Train variant ``key`` at the small preset with the run's epochs and seed, plus any
     ``settings`` (``KEY=VALUE``, as ``--set``), into ``out`` (the real trainer, best epoch
     kept); its checkpoint metadata and the seconds it took."""
-    overrides = [*VARIANTS[key][1], f"max_epochs={args.epochs}", f"seed={args.seed}", *settings]
     started = time.perf_counter()
     meta = train(
         dataset,
-        build_config("small", overrides),
+        variant_config(key, args, settings),
         out,
         torch.device("cpu"),
         resume=False,

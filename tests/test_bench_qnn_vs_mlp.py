@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import qnn_vs_mlp
 from bench.ablations import add_data_arguments, train_variant
-from bench.qnn_vs_mlp import parse_settings
+from bench.qnn_vs_mlp import parse_settings, run_identity
 from model.data import Dataset
 
 
@@ -44,3 +47,40 @@ def test_both_members_of_a_pair_train_with_the_settings(
     train, model = meta["config"]["train"], meta["config"]["model"]
     assert (train["lr"], model["dropout"], train["max_epochs"]) == (0.0005, 0.3, 1)
     assert model["interaction"] == ("qnn" if key == "qin" else "mlp")
+
+
+def test_a_run_is_identified_by_the_settings_its_network_reads() -> None:
+    args = _parser().parse_args([])
+    preset = {key: run_identity(key, args, []) for key in ("qin", "mlp")}
+    assert run_identity("mlp", args, ["qnn_layers=1", "activation=relu"]) == preset["mlp"]
+    assert run_identity("qin", args, ["mlp_hidden=64,32"]) == preset["qin"]
+    assert run_identity("qin", args, ["qnn_layers=1"]) != preset["qin"]
+    assert run_identity("mlp", args, ["dropout=0.2"]) != preset["mlp"]
+    assert run_identity("mlp", _parser().parse_args(["--seed", "7"]), []) != preset["mlp"]
+
+
+def test_a_run_equal_to_an_earlier_one_is_not_trained_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real training on a tiny generated dataset: the second entry changes only the QNN's depth,
+    so its MLP is the first entry's run, repeated, while its QIN is trained anew."""
+    trained: list[tuple[str, list[str]]] = []
+
+    def counting(
+        dataset: Dataset, key: str, args: argparse.Namespace, out: Path, group: list[str]
+    ) -> tuple[dict[str, Any], float]:
+        trained.append((key, list(group)))
+        return train_variant(dataset, key, args, out, group)
+
+    monkeypatch.setattr(qnn_vs_mlp, "train_variant", counting)
+    code = qnn_vs_mlp.main(
+        ["--epochs", "1", "--train-rows", "3000", "--eval-rows", "600", "--items", "60",
+         "--users", "300", "--settings", ";qnn_layers=1", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert trained == [("qin", []), ("mlp", []), ("qin", ["qnn_layers=1"])]
+    rows = json.loads((tmp_path / "qnn_vs_mlp.json").read_text())["results"]
+    assert rows[1]["mlp"]["same_as"] == 0 and "same_as" not in rows[0]["mlp"]
+    assert rows[1]["mlp"]["valid_auc"] == rows[0]["mlp"]["valid_auc"]
+    assert "same_as" not in rows[1]["qin"]
+    assert "figures are repeated" in (tmp_path / "qnn_vs_mlp.md").read_text()
