@@ -11,7 +11,8 @@ itself); every entry trains QIN and the MLP ablation with those values, and the 
 valid AUC is kept. Settings a network never reads (the QNN's depth, rows and activation for
 the MLP; the MLP's widths for QIN) are left out when runs are compared: training is
 deterministic, so a run equal to an earlier one in all it reads is not trained again, its result
-is repeated (``same_as`` names the entry). Writes bench/results/qnn_vs_mlp.{json,md}.
+is repeated (``same_as`` names the entry). Writes bench/results/qnn_vs_mlp.{json,md}, or
+NAME.{json,md} with ``--name``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.qnn_vs_mlp", description=__doc__)
     add_data_arguments(parser)
     parser.add_argument("--settings", default=DEFAULT_SETTINGS)
+    parser.add_argument(
+        "--name", default="qnn_vs_mlp", help="result file name (another sweep, another name)"
+    )
     args = parser.parse_args(argv)
     groups = parse_settings(parser, args.settings)
     results = []
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "row with its configuration, and its figures are repeated."
         )
     return publish(
-        "qnn_vs_mlp",
+        args.name,
         {"epochs": args.epochs, "synth_args": synth_args, "results": results},
         table,
         args.out,

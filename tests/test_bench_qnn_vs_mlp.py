@@ -75,12 +75,13 @@ def test_a_run_equal_to_an_earlier_one_is_not_trained_again(
     monkeypatch.setattr(qnn_vs_mlp, "train_variant", counting)
     code = qnn_vs_mlp.main(
         ["--epochs", "1", "--train-rows", "3000", "--eval-rows", "600", "--items", "60",
-         "--users", "300", "--settings", ";qnn_layers=1", "--out", str(tmp_path)]
+         "--users", "300", "--settings", ";qnn_layers=1", "--out", str(tmp_path),
+         "--name", "shape"]
     )  # fmt: skip
     assert code == 0
     assert trained == [("qin", []), ("mlp", []), ("qin", ["qnn_layers=1"])]
-    rows = json.loads((tmp_path / "qnn_vs_mlp.json").read_text())["results"]
+    rows = json.loads((tmp_path / "shape.json").read_text())["results"]
     assert rows[1]["mlp"]["same_as"] == 0 and "same_as" not in rows[0]["mlp"]
     assert rows[1]["mlp"]["valid_auc"] == rows[0]["mlp"]["valid_auc"]
     assert "same_as" not in rows[1]["qin"]
-    assert "figures are repeated" in (tmp_path / "qnn_vs_mlp.md").read_text()
+    assert "figures are repeated" in (tmp_path / "shape.md").read_text()
