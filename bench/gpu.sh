@@ -9,11 +9,11 @@
 #      generator on the same machine, at fixed rates up to saturation (target: p99 <= 5 ms for
 #      1 user x 200 candidates at 1,000 requests/s or more).
 #
-# Results (json, md, png) go to $OUT (default bench/results), with an nvidia-smi snapshot and
-# this script's log. Needs onnxruntime-gpu, redis-server on PATH, the service's packages and
-# matplotlib + tqdm; on the lent GPU machine: ../shared/tools/gpu-bundle matplotlib tqdm, then
-# the calls it prints (five), the last one `... && BENCH_COMMIT=<hash> bash bench/gpu.sh` (the
-# copied tree has no .git). One device call runs at most 10 minutes: the defaults are sized for
+# Results (json, md, png) go to $OUT (bench/results; $WORK/results with PROVIDER=cpu), with an
+# nvidia-smi snapshot and this script's log. Needs onnxruntime-gpu, redis-server on PATH, the
+# service's packages and matplotlib + tqdm; on the lent GPU machine: ../shared/tools/gpu-bundle
+# matplotlib tqdm, then the calls it prints (five), the last one `... && BENCH_COMMIT=<hash>
+# bash bench/gpu.sh` (the copied tree has no .git). One device call runs at most 10 minutes: the defaults are sized for
 # that (not yet timed on a GPU; on the 2-core CPU VM, PROVIDER=cpu with ITEMS=2000 TRAIN_ROWS=8000
 # RATES=20,40 DURATION=4 took 3.7 minutes).
 #
@@ -25,7 +25,9 @@ cd "$(dirname "$0")/.."
 
 PROVIDER=${PROVIDER:-cuda}
 WORK=${WORK:-/tmp/qin-gpu}
-OUT=${OUT:-bench/results}
+# A CPU trial writes beside its work files: in bench/results it would replace the CPU results the
+# README quotes (service_load.*, model_latency.*) with this script's paper-preset ones.
+if [ "$PROVIDER" = cuda ]; then OUT=${OUT:-bench/results}; else OUT=${OUT:-$WORK/results}; fi
 ITEMS=${ITEMS:-20000}
 TRAIN_ROWS=${TRAIN_ROWS:-100000}
 CANDIDATES=${CANDIDATES:-200}

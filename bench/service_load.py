@@ -54,6 +54,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -428,24 +429,18 @@ def model_call(
     meta = read_metadata(model)
     schema = FeatureSchema.from_dict(meta["feature_schema"])
     feeds = requests(schema, 1, candidates).feeds(meta["graph"])
-    call: Callable[[], Any]
     if provider == "cuda":
         from service.runtime import ModelRunner
 
         runner = ModelRunner(model, "cuda")
-        names = [i.name for i in runner.session.get_inputs()]
-        arrays = {name: feeds[name] for name in names}
-
-        def call() -> Any:
-            return runner.run(arrays)
-
+        session, run = runner.session, runner.run
     else:
         session = make_session(model)
-        names = [i.name for i in session.get_inputs()]
-        arrays = {name: feeds[name] for name in names}
+        run = partial(session.run, None)
+    arrays = {i.name: feeds[i.name] for i in session.get_inputs()}
 
-        def call() -> Any:
-            return session.run(None, arrays)
+    def call() -> Any:
+        return run(arrays)
 
     for _ in range(20):
         call()
