@@ -379,6 +379,14 @@ def test_table_shows_the_stage_breakdown_at_the_comparison_rate() -> None:
     assert "1 user x 200 candidates, history 64, model on CUDA" in cuda
     assert "Model-only floor (onnxruntime CUDA, serving graph, 1 x 200, history 64)" in cuda
     assert "Max throughput at p99 <= 5 ms (offered rate kept up with): service none." in cuda
+    assert "Service p50 at a load the naive service sustains (90.0 req/s)" in text
+    # A run without the naive service (the GPU run) reads the overhead at its own lowest step
+    # and says so, rather than naming a naive load that was never measured.
+    alone = {**results, "services": {"service": {"steps": [step]}}}
+    alone["summary"] = comparison([step], [], 0.3)
+    assert "Service p50 at its lowest measured load (no sustained naive rate to compare at)" in (
+        table(alone)
+    )
 
 
 def test_request_size_and_provider_are_options() -> None:
