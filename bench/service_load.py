@@ -530,7 +530,8 @@ class LoadSettings:
 def run_step(
     children: Children, base: str, rate: float, settings: LoadSettings, name: str
 ) -> dict[str, Any]:
-    """One generator run at ``rate`` (its own process), with the batch means around it."""
+    """One generator run at ``rate`` (its own process), with the batch and stage means of its
+    measured part (after the warm-up)."""
     out = settings.workdir / f"{name}_{rate:g}.json"
     duration = step_seconds(rate, settings.duration, settings.warmup)
     command = [
@@ -542,9 +543,13 @@ def run_step(
         "--seed", str(int(rate * 1000)), "--out", str(out),
     ]  # fmt: skip
     log = settings.workdir / f"{name}_{rate:g}.log"
-    before = scrape(base)
     process = children.start(command, log)
     try:
+        # The batch and stage means cover what the latencies cover: the service's counters are
+        # read once the generator's warm-up is over (its start-up makes this a fraction of a
+        # second early), not before its first request.
+        time.sleep(settings.warmup)
+        before = scrape(base)
         code = process.wait(timeout=duration + settings.timeout + 120)
     finally:
         children.stop(process)
@@ -668,7 +673,7 @@ def table(results: dict[str, Any]) -> str:
         f"{results['step_seconds']:g} s per step ({results['warmup_seconds']:g} s warm-up left "
         f"out; longer at low rates, so that at least {MIN_MEASURED_REQUESTS} requests are "
         "measured); latency from the scheduled send time (queueing in the generator counts). "
-        "In service: mean ms per request inside the service over the whole step (from "
+        "In service: mean ms per request inside the service after the warm-up (from "
         f"``{STAGE_METRIC}``), as features from Redis / queue / model batch (hand-off to the "
         "model thread and back included) / total.\n\n"
         + markdown_table(columns, rows)
