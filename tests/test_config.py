@@ -23,6 +23,14 @@ def test_paper_preset_is_the_papers_training_setup() -> None:
     )
 
 
+def test_small_preset_shrinks_widths_and_the_qnns_depth_for_a_cpu() -> None:
+    config = build_config("small")
+    assert (config.model.embedding_dim, config.model.vector_dim) == (32, 32)
+    assert (config.model.qnn_layers, config.model.qnn_rows) == (2, 4)
+    assert config.train.batch_size == 2048
+    assert build_config("small", ["qnn_layers=4"]).model.qnn_layers == 4
+
+
 def test_din_override_brings_the_baselines_own_defaults() -> None:
     config = build_config("paper", ["model=din"])
     assert config.model.model == "din"
