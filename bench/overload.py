@@ -238,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--admission-ms",
         type=float,
-        default=4.0,
-        help="the service's ADMISSION_LATENCY_MS (0 = fixed MAX_IN_FLIGHT only; default 4, about "
-        "the unloaded p99 the service itself measures here; a looser target sheds less below "
-        "overload and leaves admitted requests slower in it)",
+        default=3.0,
+        help="the service's ADMISSION_LATENCY_MS (0 = fixed MAX_IN_FLIGHT only; default 3, about "
+        "the unloaded p99 the service itself measures here with the small preset; a looser "
+        "target sheds less below overload and leaves admitted requests slower in it)",
     )
     parser.add_argument(
         "--repeat",
