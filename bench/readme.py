@@ -10,6 +10,7 @@ the settings class the same way.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def refresh(text: str, results: Path = RESULTS_DIR) -> str:
     return SETTINGS.sub(lambda m: f"{m.group(1)}{settings_markdown()}\n{m.group(3)}", text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # No options; parsing still answers --help (and rejects stray arguments) without writing.
+    argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__).parse_args(argv)
     README.write_text(refresh(README.read_text()))
     print(f"updated {README}")
     return 0
