@@ -14,6 +14,7 @@ configured with on the machine, which the figure depends on: the result says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -121,6 +122,16 @@ def _stop(process: subprocess.Popen[str]) -> int:
     return process.returncode
 
 
+def short_answer(answer: str) -> str:
+    """The example answer with scores to two decimals (the caption is read, not parsed)."""
+    try:
+        body = json.loads(answer)
+        body["scores"] = [round(score, 2) for score in body["scores"]]
+    except (ValueError, KeyError, TypeError):
+        return answer
+    return json.dumps(body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.demo_wall", description=__doc__)
     parser.add_argument("--port", type=int, default=8010, help="service port (Redis: port + 1)")
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     caption = (
         f"`bash deploy/demo.sh` in a fresh clone of commit {head} (no venv, no artifacts), "
         f"packages from {pip_source} (pip's cache as the machine had it). It stopped on Ctrl-C "
-        f"with exit code {code}. The example request's answer: `{answer}`."
+        f"with exit code {code}. The example request's answer: `{short_answer(answer)}`."
     )
     return publish(
         "demo_wall",

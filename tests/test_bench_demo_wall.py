@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.demo_wall import READY_LINE, split_stages
+from bench.demo_wall import READY_LINE, short_answer, split_stages
 
 
 def test_each_stage_runs_from_its_first_line_to_the_next() -> None:
@@ -53,3 +53,9 @@ def test_reused_data_and_an_outside_redis_are_absent_stages() -> None:
         ("load features", 9.5),
         ("start service, answer the example", 5.0),
     ]
+
+
+def test_the_caption_rounds_the_example_scores_and_keeps_anything_else() -> None:
+    answer = '{"scores": [0.10714134573936462, 0.2297], "model_version": "qin-1"}'
+    assert short_answer(answer) == '{"scores": [0.11, 0.23], "model_version": "qin-1"}'
+    assert short_answer("Internal Server Error") == "Internal Server Error"
