@@ -38,6 +38,9 @@ from model.factory import build_model, count_parameters
 from model.plots import plot_curves
 
 RESUME_DIR = "resume"
+#: The normalisation layers whose running statistics refresh_batch_norm recomputes (the public
+#: classes; the models here use BatchNorm1d only).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -129,7 +132,7 @@ def refresh_batch_norm(
     Returns the rows used (0 when the model has no BatchNorm or the refresh is off).
     """
     settings = config.train
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS)]
     if not norms or settings.bn_refresh_rows == 0:
         return 0
     split = dataset.split("train")
