@@ -13,9 +13,9 @@
 # nvidia-smi snapshot and this script's log. Needs onnxruntime-gpu, redis-server on PATH, the
 # service's packages and matplotlib + tqdm; on the lent GPU machine: ../shared/tools/gpu-bundle
 # matplotlib tqdm, then the calls it prints (five), the last one `... && BENCH_COMMIT=<hash>
-# bash bench/gpu.sh` (the copied tree has no .git). One device call runs at most 10 minutes: the defaults are sized for
-# that (not yet timed on a GPU; on the 2-core CPU VM, PROVIDER=cpu with ITEMS=2000 TRAIN_ROWS=8000
-# RATES=20,40 DURATION=4 took 3.7 minutes).
+# bash bench/gpu.sh` (the copied tree has no .git). One device call runs at most 10 minutes:
+# the defaults are sized for that (not yet timed on a GPU; on the 2-core CPU VM, PROVIDER=cpu
+# with ITEMS=2000 TRAIN_ROWS=8000 RATES=20,40 DURATION=4 took 3.7 minutes).
 #
 # Environment: PROVIDER (cuda; cpu runs the same steps on the CPU, to try the script without a
 # GPU), WORK (/tmp/qin-gpu), ITEMS (20000), TRAIN_ROWS (100000), RATES (comma-separated),
