@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             "pip_source": pip_source,
             "answer": answer,
             "stages": [vars(s) for s in stages],
-            "lines": [[round(at, 2), text] for at, text in lines],
+            # The job's own lines (stages and the final banner), not the installers' output.
+            "lines": [[round(at, 2), text] for at, text in lines if text.startswith("== ")],
         },
         f"{table}\n\n{caption}",
         args.out,
