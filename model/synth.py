@@ -19,7 +19,12 @@ The planted process (all numpy, vectorised, deterministic by seed):
 * The click logit adds: a term growing with the NUMBER of same-topic items among the most recent 64
   of the history (ASTA's unnormalised ReLU pooling can count; a softmax average cannot); pairwise
   terms a linear model cannot represent (likes x views, likes x a topic-group sign, the target's
-  topic x the topic of each of those 64 behaviours, summed); item popularity; Gaussian noise. The
+  topic x the topic of each of those 64 behaviours, summed); a 'taste' term, the strongest: for
+  each of those behaviours that shares the target's topic, a low-rank bilinear form of its 128-d
+  vector and the target's (v_j^T A B^T v_t), summed, so that within a topic the fine-grained
+  content of the relevant behaviours decides which targets appeal (a pooled history vector
+  times the target's, the product a quadratic layer forms directly and a ReLU MLP can only
+  approximate); item popularity; Gaussian noise. The
   intercept is calibrated so that about 30% of rows are clicks. Every history term is a sum over
   the window, blind to order: the model reads its history without positions (QIN.md), so a term
   that depended on which behaviour came last would be noise to every model here.
@@ -63,6 +68,12 @@ TOPIC_PAIR_SCALE = 1.5
 #: gives HISTORY_PAIR_WEIGHT x that pair's effect.
 HISTORY_PAIR_WEIGHT = 1.2
 POPULARITY_WEIGHT = 0.4
+#: Rank r of the taste matrix A B^T (A, B: 128 x r, N(0, 1/r) entries). At most half of the small
+#: preset's 32-wide vector projection, so that a model can represent it.
+TASTE_RANK = 8
+#: The taste term sums over the window, divided by its width, like the topic-pair term. Over all
+#: rows its standard deviation is then about 3.6 (about 0.26 x 14), the largest planted term.
+TASTE_WEIGHT = 14.0
 NOISE_SCALE = 0.7
 #: Brings the drawn item vectors (norm about 16) to about unit norm, like PCA outputs.
 VECTOR_SCALE = 1.0 / 16.0
@@ -70,7 +81,8 @@ VECTOR_SCALE = 1.0 / 16.0
 CHUNK_ROWS = 131_072
 COMPRESSION = "zstd"
 SPLITS = ("train", "valid", "test")
-_STREAMS = ("topics", "items", "world", "users", "rows", "labels", "shuffle")
+# Appending a name keeps every earlier stream's draws (SeedSequence children are by position).
+_STREAMS = ("topics", "items", "world", "users", "rows", "labels", "shuffle", "taste")
 
 
 @dataclass(frozen=True)
@@ -314,6 +326,7 @@ TERMS = (
     "likes_x_views",
     "likes_x_topic_group",
     "history_topic_pair",
+    "relevant_taste",
     "popularity",
 )
 
@@ -322,6 +335,33 @@ def topic_pair_matrix(config: SynthConfig) -> np.ndarray:
     """The (k, k) topic-pair effects: a behaviour's topic x the target's topic."""
     k = n_topics(config.items)
     return TOPIC_PAIR_SCALE * _streams(config.seed)["world"].standard_normal((k, k))
+
+
+def taste_factors(config: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The (128, r) factors A and B of the taste matrix: behaviour side and target side."""
+    rng = _streams(config.seed)["taste"]
+    scale = 1.0 / np.sqrt(TASTE_RANK)
+    return (
+        scale * rng.standard_normal((ITEM_VECTOR_DIM, TASTE_RANK)),
+        rng.standard_normal((ITEM_VECTOR_DIM, TASTE_RANK)),
+    )
+
+
+def relevant_taste(
+    config: SynthConfig, items: Items, users: Users, rows: Rows, index: np.ndarray
+) -> np.ndarray:
+    """Σ_j [topic_j = topic_t] (A^T v_j)·(B^T v_t) / 64 over the window the model reads, for rows
+    ``index``. One (rows, r) accumulator per window position keeps memory at O(rows · r)."""
+    width = min(ATTENTION_WINDOW, config.history_max)
+    behaviour, target_side = taste_factors(config)
+    projected = items.vectors.astype(np.float64) @ behaviour  # (items + 1, r); padding row 0
+    ids = recent_window(users, rows.user[index], rows.prefix[index], width)
+    target = rows.target[index]
+    relevant = items.topic[ids] == items.topic[target][:, None]  # padding has topic -1
+    pooled = np.zeros((index.size, TASTE_RANK))
+    for position in range(width):
+        pooled += relevant[:, position, None] * projected[ids[:, position]]
+    return (pooled * (items.vectors[target].astype(np.float64) @ target_side)).sum(axis=1) / width
 
 
 def _recent_topics(
@@ -361,6 +401,7 @@ def click_terms(
         "likes_x_views": LEVEL_PRODUCT_WEIGHT * likes * views,
         "likes_x_topic_group": LEVEL_GROUP_WEIGHT * topic_group(target_topic) * likes,
         "history_topic_pair": HISTORY_PAIR_WEIGHT * history_pairs,
+        "relevant_taste": TASTE_WEIGHT * relevant_taste(config, items, users, rows, index),
         "popularity": POPULARITY_WEIGHT * items.popularity[rows.target[index]],
     }
 

@@ -98,14 +98,12 @@ def test_qin_learns_the_planted_structure(learnable_data: Path, tmp_path: Path) 
     assert meta["metrics"]["valid"]["logloss"] < 0.61  # better than the constant 30% click rate
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: after 2 epochs on 60,000 generated rows QIN trails the MLP ablation on "
-    "every data seed tried; with ten times the rows and 8 epochs it leads in two seeds of three, "
-    "by about 0.002 valid AUC (README: the ablation table and 'Short runs')",
-)
 def test_qin_beats_the_mlp_ablation(learnable_data: Path, tmp_path: Path) -> None:
-    common = ["max_epochs=2", "batch_size=1024"]
+    """The generator's strongest term is a bilinear form of the relevant behaviours' vectors and
+    the target's: a quadratic layer forms such products directly, an MLP only approximates them.
+    Six epochs (best kept) on 60,000 rows: QIN led on every data and training seed tried, by
+    0.0027 to 0.0059 valid AUC (README, 'Short runs'); after two epochs the lead is smaller."""
+    common = ["max_epochs=6", "batch_size=1024"]
     qin = run(learnable_data, tmp_path / "qin", common)["metrics"]["valid"]["auc"]
     mlp = run(learnable_data, tmp_path / "mlp", [*common, "interaction=mlp"])
     assert qin > mlp["metrics"]["valid"]["auc"], (qin, mlp["metrics"]["valid"])
