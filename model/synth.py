@@ -348,20 +348,18 @@ def taste_factors(config: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relevant_taste(
-    config: SynthConfig, items: Items, users: Users, rows: Rows, index: np.ndarray
+    config: SynthConfig, items: Items, ids: np.ndarray, relevant: np.ndarray, target: np.ndarray
 ) -> np.ndarray:
-    """Σ_j [topic_j = topic_t] (A^T v_j)·(B^T v_t) / 64 over the window the model reads, for rows
-    ``index``. One (rows, r) accumulator per window position keeps memory at O(rows · r)."""
-    width = min(ATTENTION_WINDOW, config.history_max)
+    """Σ_j relevant_j (A^T v_j)·(B^T v_t) / width over the window the model reads: ``ids`` and
+    ``relevant`` (same topic as the target) are (rows, width), ``target`` the rows' targets. One
+    (rows, r) accumulator per window position keeps memory at O(rows · r)."""
     behaviour, target_side = taste_factors(config)
     projected = items.vectors.astype(np.float64) @ behaviour  # (items + 1, r); padding row 0
-    ids = recent_window(users, rows.user[index], rows.prefix[index], width)
-    target = rows.target[index]
-    relevant = items.topic[ids] == items.topic[target][:, None]  # padding has topic -1
-    pooled = np.zeros((index.size, TASTE_RANK))
-    for position in range(width):
+    pooled = np.zeros((ids.shape[0], TASTE_RANK))
+    for position in range(ids.shape[1]):
         pooled += relevant[:, position, None] * projected[ids[:, position]]
-    return (pooled * (items.vectors[target].astype(np.float64) @ target_side)).sum(axis=1) / width
+    taste = (pooled * (items.vectors[target].astype(np.float64) @ target_side)).sum(axis=1)
+    return taste / ids.shape[1]
 
 
 def _recent_topics(
@@ -369,9 +367,14 @@ def _recent_topics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Topics of the behaviours the model reads before rows ``index`` (newest first, -1 for
     none) and of their targets."""
-    width = min(ATTENTION_WINDOW, config.history_max)
-    window = items.topic[recent_window(users, rows.user[index], rows.prefix[index], width)]
+    window = items.topic[_read_window(config, users, rows, index)]
     return window, items.topic[rows.target[index]]
+
+
+def _read_window(config: SynthConfig, users: Users, rows: Rows, index: np.ndarray) -> np.ndarray:
+    """Item ids of the behaviours the model reads before rows ``index`` (newest first, 0 = none)."""
+    width = min(ATTENTION_WINDOW, config.history_max)
+    return recent_window(users, rows.user[index], rows.prefix[index], width)
 
 
 def same_topic_count(world: World, index: np.ndarray) -> np.ndarray:
@@ -391,8 +394,11 @@ def click_terms(
 ) -> dict[str, np.ndarray]:
     """Each planted term of the click logit (TERMS) for rows ``index``: their sum is the
     noiseless logit before the intercept. Analyses use them to see which terms a model got."""
-    window, target_topic = _recent_topics(config, items, users, rows, index)
-    same_topic = (window == target_topic[:, None]).sum(axis=1)
+    ids = _read_window(config, users, rows, index)
+    target = rows.target[index]
+    window, target_topic = items.topic[ids], items.topic[target]
+    relevant = window == target_topic[:, None]  # padding has topic -1
+    same_topic = relevant.sum(axis=1)
     pairs = topic_pairs[np.maximum(window, 0), target_topic[:, None]]
     history_pairs = np.where(window >= 0, pairs, 0.0).sum(axis=1) / window.shape[1]
     likes, views = _centred(rows.likes[index]), _centred(rows.views[index])
@@ -401,8 +407,8 @@ def click_terms(
         "likes_x_views": LEVEL_PRODUCT_WEIGHT * likes * views,
         "likes_x_topic_group": LEVEL_GROUP_WEIGHT * topic_group(target_topic) * likes,
         "history_topic_pair": HISTORY_PAIR_WEIGHT * history_pairs,
-        "relevant_taste": TASTE_WEIGHT * relevant_taste(config, items, users, rows, index),
-        "popularity": POPULARITY_WEIGHT * items.popularity[rows.target[index]],
+        "relevant_taste": TASTE_WEIGHT * relevant_taste(config, items, ids, relevant, target),
+        "popularity": POPULARITY_WEIGHT * items.popularity[target],
     }
 
 
