@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one command, for a machine with an NVIDIA GPU (../shared/GPU.md):
+# The GPU benchmarks in one command, for a machine with an NVIDIA GPU and its CUDA driver:
 #
 #   1. a generated dataset and a paper-preset QIN checkpoint (one short epoch on the GPU: latency
 #      does not depend on how well the weights fit), exported and parity-checked like any model;
@@ -10,16 +10,23 @@
 #      1 user x 200 candidates at 1,000 requests/s or more).
 #
 # Results (json, md, png) go to $OUT (bench/results; $WORK/results with PROVIDER=cpu), with an
-# nvidia-smi snapshot and this script's log. Needs onnxruntime-gpu, redis-server on PATH, the
-# service's packages and matplotlib + tqdm; on the lent GPU machine: ../shared/tools/gpu-bundle
-# matplotlib tqdm, then the calls it prints (five), the last one `... && BENCH_COMMIT=<hash>
-# bash bench/gpu.sh` (the copied tree has no .git). One device call runs at most 10 minutes:
-# the defaults are sized for that (not yet timed on a GPU; on the 2-core CPU VM, PROVIDER=cpu
-# with ITEMS=2000 TRAIN_ROWS=8000 RATES=20,40 DURATION=4 took 3.7 minutes).
+# nvidia-smi snapshot and this script's log.
+#
+# What the machine needs (the first step checks it and says what is missing):
+#   * a CUDA build of PyTorch that sees the GPU, and onnxruntime-gpu (the CUDA execution
+#     provider) in place of the CPU onnxruntime;
+#   * the project's other packages: onnx, onnxscript, fastapi, uvicorn, pydantic-settings,
+#     redis, prometheus-client, pyarrow, safetensors, plus matplotlib and tqdm for the
+#     benchmarks (the train and serve extras of pyproject.toml);
+#   * redis-server on PATH.
+# Run from a checkout or a copy of the tree; a copy without .git names its commit in the result
+# files with BENCH_COMMIT=<hash> bash bench/gpu.sh. The defaults are sized to finish within
+# about 10 minutes (not yet timed on a GPU; on a 2-core CPU machine, PROVIDER=cpu with
+# ITEMS=2000 TRAIN_ROWS=8000 RATES=20,40 DURATION=4 took 3.7 minutes).
 #
 # Environment: PROVIDER (cuda; cpu runs the same steps on the CPU, to try the script without a
 # GPU), WORK (/tmp/qin-gpu), ITEMS (20000), TRAIN_ROWS (100000), RATES (comma-separated),
-# CANDIDATES (200), DURATION (8 s per rate).
+# CANDIDATES (200), DURATION (8 s per rate), PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

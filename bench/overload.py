@@ -23,26 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from bench.report import RESULTS_DIR, markdown_table, write_result
-from bench.service_load import (
-    CANDIDATES,
-    HISTORY,
-    Children,
-    LoadSettings,
-    load_features,
-    population,
-    run_step,
-    wait_ready,
-)
-from service.features.testing import RedisServer, free_port
+from bench.supervisor import Children, feature_redis, running_service, supervised
+from bench.workload import CANDIDATES, HISTORY, LoadSettings, population, run_step, write_users
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "artifacts" / "demo"
@@ -86,27 +75,18 @@ def sustainable_rate(given: float | None) -> float:
 
 def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str, Any]:
     rate = sustainable_rate(args.sustainable)
-    with RedisServer(workdir / "redis") as redis:
-        load_features(redis.url, args.data, workdir / "features_load.log")
+    with feature_redis(workdir, args.data) as redis:
         people = population(args.data)
-        users_file = workdir / "users.txt"
-        users_file.write_text("\n".join(str(u) for u in people.users.tolist()) + "\n")
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
+        users_file = write_users(people, workdir / "users.txt")
         env = {
-            **os.environ,
             "MODEL_PATH": str(args.model.resolve()),
             "REDIS_URL": redis.url,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
             "LOG_LEVEL": "warning",
             "ADMISSION_LATENCY_MS": str(args.admission_ms),
         }
         command = [sys.executable, "-m", "service"]
-        process = children.start(command, workdir / "service.log", env)
-        try:
-            wait_ready(base, process, workdir / "service.log")
-            sampler = MemorySampler(process.pid)
+        with running_service(children, command, env, workdir / "service.log") as service:
+            sampler = MemorySampler(service.process.pid)
             sampler.start()
             phases = [
                 ("warm-up", rate / 2, args.duration / 2),
@@ -125,14 +105,12 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
                     duration, warmup, 5.0, 512, users_file,
                     people.item_vocab, HISTORY if people.explicit_history else 0, workdir,
                 )  # fmt: skip
-                step = run_step(children, base, round(phase_rate, 1), settings, "service")
+                step = run_step(children, service.base, round(phase_rate, 1), settings, "service")
                 step["phase"] = name
                 steps.append(step)
                 print(f"  {name}: {describe(step)}", flush=True)
             sampler.stop.set()
             sampler.join()
-        finally:
-            children.stop(process)
     memory = {phase: max(values) for phase, values in sampler.samples.items() if values}
     return {
         "command": shlex.join(command),
@@ -258,13 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for number in range(1, max(1, args.repeat) + 1):
         print(f"run {number}:", flush=True)
-        children = Children()
         try:
-            with tempfile.TemporaryDirectory(prefix="overload_") as tmp:
-                try:
-                    runs.append(run(args, children, Path(tmp)))
-                finally:
-                    children.stop_all()
+            with supervised("overload_") as (children, workdir):
+                runs.append(run(args, children, workdir))
         except RuntimeError as error:
             print(f"overload: {error}", file=sys.stderr)
             return 1

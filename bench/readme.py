@@ -1,11 +1,14 @@
-"""Copy benchmark result tables into README.md, so no figure there is typed by hand.
+"""Copy benchmark result tables into README.md and docs/*.md, so no figure there is typed by hand.
 
     python -m bench.readme
 
-README.md marks each table with ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; the text
-between the marks is replaced by bench/results/NAME.md. A mark whose result file does not exist
-yet says so instead. The service's configuration table (``<!-- settings -->``) is regenerated from
-the settings class the same way.
+Each document marks a table with ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; the text
+between the marks is replaced by the result file NAME names: a plain name is
+bench/results/NAME.md (the serving benchmarks), a path under bench/ such as
+``research/ablations`` is bench/research/results/ablations.md (the model-research studies). A
+mark whose result file does not exist yet says so instead. The service's configuration table
+(``<!-- settings -->``) is regenerated from the settings class the same way. README.md and every
+docs/*.md that exists are refreshed.
 """
 
 from __future__ import annotations
@@ -14,22 +17,39 @@ import argparse
 import re
 from pathlib import Path
 
-from bench.report import RESULTS_DIR
 from service.settings import settings_markdown
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-MARK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(.*?)(<!-- /bench:(?P=name) -->)", re.S)
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+MARK = re.compile(r"(<!-- bench:(?P<name>[\w/-]+) -->\n)(.*?)(<!-- /bench:(?P=name) -->)", re.S)
 SETTINGS = re.compile(r"(<!-- settings -->\n)(.*?)(<!-- /settings -->)", re.S)
 
 
-def refresh(text: str, results: Path = RESULTS_DIR) -> str:
+def documents(root: Path | None = None) -> list[Path]:
+    """README.md and docs/*.md under ``root`` (the repository), those that exist."""
+    root = root or ROOT
+    readme = root / "README.md"
+    return [*([readme] if readme.is_file() else []), *sorted((root / "docs").glob("*.md"))]
+
+
+def result_path(name: str) -> Path:
+    """A mark's NAME -> its result file, relative to bench/: ``x`` -> results/x.md,
+    ``research/x`` -> research/results/x.md."""
+    folder, _, leaf = name.rpartition("/")
+    return Path(folder) / "results" / f"{leaf}.md"
+
+
+def refresh(text: str, bench: Path = BENCH) -> str:
+    """``text`` with every marked block replaced by its result file under ``bench`` (the bench
+    folder) and the settings table regenerated."""
+
     def replace(match: re.Match[str]) -> str:
-        name = match.group("name")
-        source = results / f"{name}.md"
+        relative = result_path(match.group("name"))
+        source = bench / relative
         body = (
             source.read_text().strip()
             if source.is_file()
-            else f"_Not measured yet: run the benchmark that writes bench/results/{name}.md._"
+            else f"_Not measured yet: run the benchmark that writes bench/{relative.as_posix()}._"
         )
         return f"{match.group(1)}{body}\n{match.group(4)}"
 
@@ -40,8 +60,9 @@ def refresh(text: str, results: Path = RESULTS_DIR) -> str:
 def main(argv: list[str] | None = None) -> int:
     # No options; parsing still answers --help (and rejects stray arguments) without writing.
     argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__).parse_args(argv)
-    README.write_text(refresh(README.read_text()))
-    print(f"updated {README}")
+    for document in documents():
+        document.write_text(refresh(document.read_text()))
+        print(f"updated {document}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Benchmark result files: every result carries the machine, the command, the commit and the date.
 
 Each benchmark writes ``NAME.json`` (everything) and ``NAME.md`` (a table a person reads; the
-README quotes it) into ``bench/results/`` unless told otherwise.
+README and docs quote it) into ``bench/results/`` (the model-research studies into
+``bench/research/results/``) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Result folders, which every benchmark run rewrites: a change there does not make a commit dirty.
+UNCOUNTED = (":!bench/results", ":!bench/research/results")
 
 
 def machine() -> dict[str, Any]:
@@ -60,7 +63,7 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *UNCOUNTED],
             capture_output=True,
             text=True,
             check=True,

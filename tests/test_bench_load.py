@@ -12,6 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.ladder import (
+    MIN_MEASURED_REQUESTS,
+    REFINEMENTS,
+    climb,
+    comparison,
+    ladder,
+    service_rates,
+    step_seconds,
+    sustained,
+)
+from bench.load_report import table
 from bench.loadgen import (
     STATUS_ERROR,
     STATUS_TIMEOUT,
@@ -28,19 +39,9 @@ from bench.loadgen import (
     summarize,
 )
 from bench.report import commit
-from bench.service_load import (
-    MIN_MEASURED_REQUESTS,
-    build_parser,
-    comparison,
-    ladder,
-    mean_batch,
-    parse_metrics,
-    python_command,
-    stage_means_ms,
-    step_seconds,
-    sustained,
-    table,
-)
+from bench.scrape import mean_batch, parse_metrics, sample_value, selector_labels, stage_means_ms
+from bench.service_load import build_parser
+from bench.supervisor import python_command, running_service, supervised
 from service.metrics import Metrics
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +300,33 @@ def test_naive_peak_bounds_nothing_unless_the_naive_ladder_saturated() -> None:
     assert not summary["targets"]["ratio_met"]
 
 
+def test_climb_stops_after_the_first_unsustained_step_then_bisects() -> None:
+    """The policy alone, with a fake service that sustains up to 100 req/s: the ladder stops at
+    the first step over it, and REFINEMENTS geometric bisections narrow the gap."""
+    offered: list[float] = []
+
+    def measure(rate: float) -> dict[str, Any]:
+        offered.append(rate)
+        return step(rate, rate if rate <= 100 else 0.5 * rate, 5, 10)
+
+    steps = climb([20, 40, 80, 160, 320], measure)
+    assert offered[:4] == [20, 40, 80, 160]  # 320 is never offered
+    assert len(offered) == 4 + REFINEMENTS
+    assert offered[4] == pytest.approx((80 * 160) ** 0.5, rel=1e-2)  # 113: not sustained
+    assert offered[5] == pytest.approx((80 * offered[4]) ** 0.5, rel=1e-2)  # 95.2: sustained
+    assert [s["offered_rate"] for s in steps] == sorted(offered)
+    # Every step sustained: the whole ladder, nothing bisected; the first unsustained: no gap.
+    assert len(climb([20, 40], measure)) == 2
+    assert [s["offered_rate"] for s in climb([200, 400], measure)] == [200]
+
+
+def test_the_service_ladder_starts_at_the_naive_sustained_rate() -> None:
+    naive = [step(10, 10, 20, 30), step(16, 16, 25, 45), step(25.6, 12, 900, 2000)]
+    assert service_rates([10, 16, 25.6, 41], "service", naive) == [16, 25.6, 41]
+    assert service_rates([10, 16, 25.6, 41], "naive", []) == [10, 16, 25.6, 41]
+    assert service_rates([10, 16], "service", [step(10, 3, 80, 200)]) == [10, 16]
+
+
 def test_low_rate_steps_run_long_enough_for_a_meaningful_p99() -> None:
     assert step_seconds(1000, duration=8, warmup=2) == 8
     assert step_seconds(10, duration=8, warmup=2) == 2 + MIN_MEASURED_REQUESTS / 10
@@ -328,6 +356,16 @@ def test_metrics_parsing_and_mean_batch() -> None:
     assert mean_batch({}, after, "qin_batch_candidates") is None  # absent before: no delta
     assert mean_batch(after, after, "qin_batch_candidates") is None  # no batches in between
     assert parse_metrics("qin_requests_total 3\n") == {}
+
+
+def test_sample_values_by_name_and_exact_labels() -> None:
+    assert sample_value(METRICS, "qin_requests_total", {"status": "200"}) == 15.0
+    assert sample_value(METRICS, "qin_requests_total", 'status="200"') == 15.0
+    assert sample_value(METRICS, "qin_requests_total") is None  # only a labelled series
+    assert sample_value(METRICS, "qin_batch_requests_sum") == 15.0
+    assert sample_value(METRICS, "qin_batch_candidates_sum", 'model="b"') == 300.0
+    assert sample_value(METRICS, "qin_absent_total") is None
+    assert selector_labels('a="x",b="y, \\"z\\""') == {"a": "x", "b": 'y, "z"'}
 
 
 def test_stage_means_come_from_the_services_own_metrics_per_stage() -> None:
@@ -418,3 +456,50 @@ def test_python_command_uses_this_interpreter() -> None:
     assert python_command("python -m service --x 'a b'") == [
         sys.executable, "-m", "service", "--x", "a b",
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes
+
+#: A stand-in service: answers /readyz with JSON on HOST:PORT from its environment.
+FAKE_SERVICE = """
+import http.server, json, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"ready": True, "path": self.path}).encode()
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_a_running_service_is_ready_then_stopped_with_its_group() -> None:
+    import sys
+
+    with supervised("test_") as (children, workdir):
+        command = [sys.executable, "-c", FAKE_SERVICE]
+        with running_service(children, command, {"X": "1"}, workdir / "fake.log") as service:
+            assert service.readyz == {"ready": True, "path": "/readyz"}
+            assert service.base.startswith("http://127.0.0.1:")
+            assert service.process.poll() is None and children.processes == [service.process]
+        assert service.process.poll() is not None  # stopped on leaving the block
+        assert children.processes == []
+        left = children.start([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert left.poll() is not None  # supervised stops what is still running
+
+
+def test_a_service_that_exits_fails_at_once_with_its_log() -> None:
+    import sys
+
+    command = [sys.executable, "-c", "print('no model here'); raise SystemExit(3)"]
+    with (
+        supervised("test_") as (children, workdir),
+        pytest.raises(RuntimeError) as error,
+        running_service(children, command, {}, workdir / "bad.log"),
+    ):
+        pass
+    assert "exited with 3" in str(error.value) and "no model here" in str(error.value)

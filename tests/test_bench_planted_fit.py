@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.planted_fit import COUNT_BANDS, analyse, logits, report
+from bench.research.planted_fit import COUNT_BANDS, analyse, logits, report
 
 
 def test_analysis_recovers_coefficients_and_flags_overconfident_bands() -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from bench import qnn_vs_mlp
-from bench.ablations import add_data_arguments, train_variant
-from bench.qnn_vs_mlp import parse_settings, run_identity
+from bench.research import qnn_vs_mlp
+from bench.research.qnn_vs_mlp import parse_settings, run_identity
+from bench.research.variants import add_data_arguments, train_variant
 from model.data import Dataset
 
 

@@ -4,7 +4,6 @@ real exported model in onnxruntime; scores compared with the PyTorch model."""
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.scrape import sample_value
 from service.features.loader import load_dataset
 from service.features.testing import RedisServer
 from service.packing import ScoringInput
@@ -23,10 +23,10 @@ TOLERANCE = 1e-5
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    """The value of one sample in Prometheus text, its labels exactly ``labels`` (a selector such
+    as ``'status="200"'``); 0 when absent."""
+    value = sample_value(text, name, labels)
+    return 0.0 if value is None else value
 
 
 def score(client: httpx.Client, payload: dict[str, Any]) -> httpx.Response:

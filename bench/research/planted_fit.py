@@ -1,11 +1,12 @@
 """What each model learned of the generator's planted click process, on its valid split.
 
-    python -m bench.planted_fit [--only qin,mlp] [--epochs 8] [--train-rows 150000] [--items 2000]
+    python -m bench.research.planted_fit [--only qin,mlp] [--epochs 8] [--train-rows 150000]
+        [--items 2000]
 
-The ablation table (bench.ablations) says which variant ranks best; this says why. The generated
-data's labels follow a known logit (model.synth: a term in the number of same-topic behaviours,
-two level interactions, a target-topic x history-topics term, popularity, then noise), so a
-trained model's valid logits can be held against that truth:
+The ablation table (bench.research.ablations) says which variant ranks best; this says why. The
+generated data's labels follow a known logit (model.synth: a term in the number of same-topic
+behaviours, two level interactions, a target-topic x history-topics term, popularity, then
+noise), so a trained model's valid logits can be held against that truth:
 
 * correlation with the noiseless logit (1.0 would be the Bayes-optimal ranking);
 * R^2 of a least-squares fit of the model's logit on the planted terms: how much of what the
@@ -20,7 +21,7 @@ trained model's valid logits can be held against that truth:
   how sure any model can be).
 
 Each variant is trained by the real trainer at the small preset, same data, seed and epochs as
-bench.ablations. Writes bench/results/planted_fit.{json,md}.
+bench.research.ablations. Writes bench/research/results/planted_fit.{json,md}.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.ablations import (
+from bench.report import markdown_table
+from bench.research.variants import (
     VARIANTS,
     add_data_arguments,
     chosen_variants,
+    publish_study,
     synth_arguments,
     train_variant,
 )
-from bench.report import markdown_table, publish
 from model import synth
 from model.checkpoint import load_checkpoint
 from model.data import Dataset
@@ -160,7 +162,9 @@ def report(results: list[dict[str, Any]], synth_args: list[str], epochs: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.planted_fit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.research.planted_fit", description=__doc__
+    )
     add_data_arguments(parser)
     parser.add_argument(
         "--only", default="qin,mlp", help=f"comma-separated keys of {list(VARIANTS)}"
@@ -202,13 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(results[-1], flush=True)
-    synth_args = synth_arguments(args)
-    text = report(results, synth_args, args.epochs)
-    return publish(
-        "planted_fit",
-        {"epochs": args.epochs, "synth_args": synth_args, "results": results},
-        text,
-        args.out,
+    return publish_study(
+        "planted_fit", args, results, report(results, synth_arguments(args), args.epochs)
     )
 
 

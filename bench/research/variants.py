@@ -1,10 +1,8 @@
-"""QIN against DIN and the paper's ablations, on one generated dataset, same epochs.
+"""What the model-research studies share: the variants, the generated data and its options,
+training one variant with the real trainer, and writing a study's result files.
 
-    python -m bench.ablations [--epochs 8] [--train-rows 150000] [--items 2000]
-
-Each variant is trained by the real trainer (``model.train.train``) at the small preset with the
-same data, seed and epoch budget; the best epoch by valid AUC is kept, then valid and test are
-scored. Writes bench/results/ablations.{json,md}.
+The studies (bench.research.ablations, .planted_fit, .qnn_vs_mlp) train on the same generated
+data with the same defaults, so that their tables describe the same runs.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +17,13 @@ from typing import Any
 
 import torch
 
-from bench.report import markdown_table, publish
+from bench.report import publish
 from model.config import RunConfig, build_config
 from model.data import Dataset
 from model.train import train
+
+#: Where a study writes NAME.json and NAME.md unless ``--out`` says otherwise.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 #: key -> (name in the table, --set overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -45,7 +45,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=2025)
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/research/results)")
 
 
 def chosen_variants(parser: argparse.ArgumentParser, only: str | None) -> list[str]:
@@ -104,58 +104,17 @@ def train_variant(
     return meta, time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__)
-    add_data_arguments(parser)
-    parser.add_argument("--only", help=f"comma-separated keys of {list(VARIANTS)} (default: all)")
-    args = parser.parse_args(argv)
-    names = chosen_variants(parser, args.only)
-    synth_args = synth_arguments(args)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = generate_data(args, Path(tmp) / "data")
-        for key in names:
-            name, variant = VARIANTS[key]
-            meta, seconds = train_variant(dataset, key, args, Path(tmp) / key)
-            metrics = meta["metrics"]
-            results.append(
-                {
-                    "variant": name,
-                    "overrides": variant,
-                    "parameters": meta["parameters"],
-                    "best_epoch": metrics["best_epoch"],
-                    "seconds": seconds,
-                    "valid": metrics["valid"],
-                    "test": metrics["test"],
-                }
-            )
-            print(results[-1], flush=True)
-    table = markdown_table(
-        ["model", "params", "best epoch", "valid AUC", "valid logloss", "test AUC", "test logloss"],
-        [
-            [
-                r["variant"],
-                r["parameters"],
-                r["best_epoch"],
-                r["valid"]["auc"],
-                r["valid"]["logloss"],
-                r["test"]["auc"],
-                r["test"]["logloss"],
-            ]
-            for r in results
-        ],
-    )
-    table += (
-        f"\n\nSmall preset, {args.epochs} epochs at most, data: `python -m model.synth "
-        f"{' '.join(synth_args)}`."
-    )
+def publish_study(
+    name: str,
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    table: str,
+) -> int:
+    """Write the study's NAME.{json,md} (its epochs, data arguments and rows) into ``--out`` or
+    bench/research/results, print them; the exit status (0)."""
     return publish(
-        "ablations",
-        {"epochs": args.epochs, "synth_args": synth_args, "results": results},
+        name,
+        {"epochs": args.epochs, "synth_args": synth_arguments(args), "results": results},
         table,
-        args.out,
+        args.out or RESULTS_DIR,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,18 +1,19 @@
 """Does QIN's standing against its 'MLP instead of QNN' ablation hold when the training settings
 change? Pairs of runs on one generated dataset, the same settings for both members of a pair.
 
-    python -m bench.qnn_vs_mlp [--settings "batch_size=8192;embedding_l2=1e-3"] [--epochs 8] ...
+    python -m bench.research.qnn_vs_mlp [--settings "batch_size=8192;embedding_l2=1e-3"]
+        [--epochs 8] ...
 
-The ablation table (bench.ablations) compares the variants at the small preset's settings only;
-a lead or a deficit of a few thousandths there could be an artefact of one learning rate, batch
-size or amount of regularisation that suits one network better. ``--settings`` lists entries
-separated by ``;``, each entry ``--set`` values joined by ``&`` (an empty entry is the preset
-itself); every entry trains QIN and the MLP ablation with those values, and the best epoch by
-valid AUC is kept. Settings a network never reads (the QNN's depth, rows and activation for
-the MLP; the MLP's widths for QIN) are left out when runs are compared: training is
-deterministic, so a run equal to an earlier one in all it reads is not trained again, its result
-is repeated (``same_as`` names the entry). Writes bench/results/qnn_vs_mlp.{json,md}, or
-NAME.{json,md} with ``--name``.
+The ablation table (bench.research.ablations) compares the variants at the small preset's
+settings only; a lead or a deficit of a few thousandths there could be an artefact of one
+learning rate, batch size or amount of regularisation that suits one network better.
+``--settings`` lists entries separated by ``;``, each entry ``--set`` values joined by ``&`` (an
+empty entry is the preset itself); every entry trains QIN and the MLP ablation with those
+values, and the best epoch by valid AUC is kept. Settings a network never reads (the QNN's
+depth, rows and activation for the MLP; the MLP's widths for QIN) are left out when runs are
+compared: training is deterministic, so a run equal to an earlier one in all it reads is not
+trained again, its result is repeated (``same_as`` names the entry). Writes
+bench/research/results/qnn_vs_mlp.{json,md}, or NAME.{json,md} with ``--name``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ablations import (
+from bench.report import markdown_table
+from bench.research.variants import (
     add_data_arguments,
     generate_data,
+    publish_study,
     synth_arguments,
     train_variant,
     variant_config,
 )
-from bench.report import markdown_table, publish
 from model.config import ModelConfig, build_config
 
 #: The preset itself, then one change each: the paper's batch size, five times the embedding L2,
@@ -70,7 +72,9 @@ def parse_settings(parser: argparse.ArgumentParser, text: str) -> list[list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.qnn_vs_mlp", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.research.qnn_vs_mlp", description=__doc__
+    )
     add_data_arguments(parser)
     parser.add_argument("--settings", default=DEFAULT_SETTINGS)
     parser.add_argument(
@@ -130,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "qnn_layers, qnn_rows or activation), that network is the same run as in the first "
             "row with its configuration, and its figures are repeated."
         )
-    return publish(
-        args.name,
-        {"epochs": args.epochs, "synth_args": synth_args, "results": results},
-        table,
-        args.out,
-    )
+    return publish_study(args.name, args, results, table)
 
 
 if __name__ == "__main__":
