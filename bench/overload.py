@@ -42,7 +42,7 @@ from bench.service_load import (
     run_step,
     wait_ready,
 )
-from service.features.testing import RedisServer, free_port
+from tests.support.redis import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "artifacts" / "demo"

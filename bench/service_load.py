@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import RESULTS_DIR, markdown_table, write_result
-from service.features.testing import RedisServer, free_port
+from tests.support.redis import RedisServer, free_port
 
 HISTORY = 64
 CANDIDATES = 100

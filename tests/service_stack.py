@@ -29,8 +29,8 @@ from model.factory import build_model
 from service.api import create_app
 from service.features.loader import load_dataset
 from service.features.source import FeatureSet, read_feature_set
-from service.features.testing import RedisServer, free_port
 from service.settings import Settings
+from tests.support.redis import RedisServer, free_port
 
 HISTORY_LEN = 64
 

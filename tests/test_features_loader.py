@@ -21,7 +21,7 @@ from service.features.__main__ import main
 from service.features.layout import Keys
 from service.features.loader import BulkLoader, connect
 from service.features.source import FeatureSet, read_feature_set
-from service.features.testing import RedisServer, free_port
+from tests.support.redis import RedisServer, free_port
 from tests.test_features_store import load, other_data, with_store
 from tests.test_features_unit import expected_features
 

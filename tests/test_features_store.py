@@ -19,8 +19,8 @@ from service.features import (
     StoreUnavailable,
 )
 from service.features.loader import LoadReport, load_dataset
-from service.features.testing import RedisServer
 from service.settings import Settings
+from tests.support.redis import RedisServer
 from tests.test_features_unit import expected_features
 
 T = TypeVar("T")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from service.features.loader import load_dataset
-from service.features.testing import RedisServer
 from service.packing import ScoringInput
 from tests.service_stack import ServedModel, ServiceThread, service_settings
+from tests.support.redis import RedisServer
 
 TOLERANCE = 1e-5
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from service.features.loader import load_dataset
-from service.features.testing import RedisServer, make_certificates
 from tests.service_stack import ServedModel, ServiceThread, service_settings
+from tests.support.redis import RedisServer, make_certificates
 from tests.test_service import metric
 
 TOLERANCE = 1e-5

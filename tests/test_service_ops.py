@@ -23,8 +23,8 @@ from pydantic import SecretStr
 from export.exporter import export_checkpoint
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
-from service.features.testing import RedisServer, free_port
 from tests.service_stack import ServedModel, ServiceThread, randomised, service_settings
+from tests.support.redis import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer admin-secret"}
