@@ -39,6 +39,7 @@ def fuzzed_service(
             yield running
 
 
+@pytest.mark.slow  # about 9 s on 2 cores: 150 generated requests per operation
 def test_no_generated_request_gets_a_server_error(fuzzed_service: ServiceThread) -> None:
     """Every operation of the live OpenAPI schema, CASES generated requests each (valid and,
     by schemathesis' negative mode, invalid ones). Drawn through schemathesis' hypothesis
