@@ -38,8 +38,8 @@ from service.features import FeatureStore
 from service.features.layout import ITEM_RECORD_DTYPE
 from service.features.loader import BulkLoader, connect
 from service.features.source import FeatureSet, read_feature_set
-from service.features.testing import RedisServer
 from service.settings import Settings
+from tests.support.redis import RedisServer
 
 DEFAULT_DATA_DIR = Path("artifacts/bench/feature_store_data")
 HISTORY_LEN = 64

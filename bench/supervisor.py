@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from service.features.testing import RedisServer, free_port
+from tests.support.redis import RedisServer, free_port
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0

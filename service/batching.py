@@ -146,6 +146,18 @@ class Batcher:
     def queued_candidates(self) -> int:
         return self._queued
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the worker runs on (None before ``start``): where a caller in another
+        thread schedules coroutines that touch the batcher or its owner."""
+        return None if self._task is None else self._task.get_loop()
+
+    def wrap_infer(self, wrap: Callable[[Infer], Infer]) -> None:
+        """Score the following batches with ``wrap(current infer)``; a batch already running
+        keeps the callable it started with. A seam for tests that hold or fail batches around
+        the real model (the service never calls it)."""
+        self._infer = wrap(self._infer)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")

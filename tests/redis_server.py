@@ -1,8 +1,8 @@
 """Pytest fixtures: a real redis-server process per test (no fakes).
 
 Registered by ``pytest_plugins`` in conftest.py. A missing redis-server FAILS the tests that need
-it, with the install command, rather than skipping them: CI installs it (``.ci/run``), and a
-green run without Redis would prove nothing about the feature store.
+it, saying how to get one, rather than skipping them: CI installs it (``.ci/run``), and a green
+run without Redis would prove nothing about the feature store.
 """
 
 from __future__ import annotations
@@ -12,20 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from service.features.testing import RedisServer, find_redis_server
+from tests.support.redis import HOW_TO_INSTALL, RedisServer, find_redis_server
+
+
+def require_redis_server() -> str:
+    """The redis-server executable; fails the calling test, saying how to get one, without."""
+    executable = find_redis_server()
+    if executable is None:
+        pytest.fail(
+            "redis-server is not installed: the feature-store and service tests need a real "
+            f"Redis server. To get one, {HOW_TO_INSTALL}.",
+            pytrace=False,
+        )
+    return executable
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A started server on a free port; tests may stop, restart, pause and resume it."""
-    executable = find_redis_server()
-    if executable is None:
-        pytest.fail(
-            "redis-server is not installed: the feature-store tests need a real Redis server "
-            "(Debian/Ubuntu: apt-get install -y redis-server; .ci/run does this in CI)",
-            pytrace=False,
-        )
-    server = RedisServer(tmp_path / "redis", executable=executable)
+    server = RedisServer(tmp_path / "redis", executable=require_redis_server())
     server.start()
     try:
         yield server

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,9 @@ from model.factory import build_model
 from service.api import create_app
 from service.features.loader import load_dataset
 from service.features.source import FeatureSet, read_feature_set
-from service.features.testing import RedisServer, free_port
 from service.settings import Settings
+from tests.support.redis import RedisServer, free_port
+from tests.support.wait import wait_until
 
 HISTORY_LEN = 64
 
@@ -155,20 +155,22 @@ class ServiceThread:
 
     def start(self, timeout_s: float = 30.0) -> ServiceThread:
         self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.01)
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(),
+            timeout_s,
+            "uvicorn to start serving",
+        )
+        if not self.server.started:
+            raise RuntimeError("the service did not start (its thread ended)")
         return self
 
     def wait_warm(self, timeout_s: float = 30.0) -> None:
         """Wait until the engine finished loading and warming (whatever Redis does)."""
-        deadline = time.monotonic() + timeout_s
-        while not (self.engine.warmed or self.engine.load_error):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the model did not warm up")
-            time.sleep(0.01)
+        wait_until(
+            lambda: self.engine.warmed or self.engine.load_error,
+            timeout_s,
+            "the engine to load and warm the model (or to record why it cannot)",
+        )
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -185,21 +187,28 @@ class ServiceThread:
 
     def call_in_loop(self, coroutine: Any) -> Any:
         """Run ``coroutine`` on the server's event loop (to poke the engine from a test)."""
-        loop = self._loop()
+        batcher = self.engine.batcher
+        loop = None if batcher is None else batcher.loop
+        assert loop is not None, "the batcher is not running (model not warmed?)"
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        batcher = self.engine.batcher
-        assert batcher is not None and batcher._task is not None
-        return batcher._task.get_loop()
+
+#: The request deadline of the services the tests start: generous, so that on a busy shared
+#: machine a test about batching or correctness never sees a 504 from the 1 s production default.
+#: A test whose subject is the deadline sets its own (``request_timeout_s=...``).
+GENEROUS_DEADLINE_S = 30.0
 
 
 def service_settings(served: ServedModel, redis_url: str, **overrides: Any) -> Settings:
+    """Settings of a test service on ``served``'s model and the Redis at ``redis_url``; the
+    request deadline is ``GENEROUS_DEADLINE_S`` unless ``overrides`` sets ``request_timeout_s``."""
+    overrides.setdefault("request_timeout_s", GENEROUS_DEADLINE_S)
     return Settings(redis_url=redis_url, model_path=served.onnx, provider="cpu", **overrides)
 
 
 @pytest.fixture
 def service(served_model: ServedModel, feature_redis: RedisServer) -> Iterator[ServiceThread]:
-    """The service with default settings, model warmed and features live."""
+    """The service with default settings (but a generous deadline), model warmed and features
+    live."""
     with ServiceThread(service_settings(served_model, feature_redis.url)) as running:
         yield running

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +20,8 @@ from service.features.__main__ import main
 from service.features.layout import Keys
 from service.features.loader import BulkLoader, connect
 from service.features.source import FeatureSet, read_feature_set
-from service.features.testing import RedisServer, free_port
+from tests.support.redis import RedisServer, free_port
+from tests.support.wait import wait_until
 from tests.test_features_store import load, other_data, with_store
 from tests.test_features_unit import expected_features
 
@@ -201,10 +201,8 @@ def test_killed_load_leaves_live_version_and_is_cleaned_up(
     assert version == "2"
     assert histories_of(url, users) == {u: old["histories"][u] for u in users}
     client = redis_server.client()
-    deadline = time.monotonic() + 10
-    while client.exists(KEYS.loading):  # the marker expires without its loader
-        assert time.monotonic() < deadline, "the loading marker never expired"
-        time.sleep(0.05)
+    # the marker (1 s TTL) expires without its loader
+    wait_until(lambda: not client.exists(KEYS.loading), what="the loading marker to expire")
     client.close()
     report = load(url, other_data)
     assert report.version == "3" and "2" in report.removed_versions

@@ -19,8 +19,8 @@ from service.features import (
     StoreUnavailable,
 )
 from service.features.loader import LoadReport, load_dataset
-from service.features.testing import RedisServer
 from service.settings import Settings
+from tests.support.redis import RedisServer
 from tests.test_features_unit import expected_features
 
 T = TypeVar("T")
@@ -189,12 +189,15 @@ def test_corrupt_records_are_typed_errors(redis_server: RedisServer, tiny_data: 
             await store.fetch(10**15, [5])
         with pytest.raises(CorruptRecord, match=rf"history of user {user} has 3 bytes"):
             await store.fetch(user, [6])
-        client.hset("{qin}:meta:1", "format", "7")
-        store._view = None
+
+    async def unknown_layout(store: FeatureStore) -> None:
         with pytest.raises(CorruptRecord, match="layout format 7"):
             await store.fetch(10**15, [6])
 
     with_store(redis_server.url, scenario)
+    # a version's meta is read once per process and version: a fresh store reads the change
+    client.hset("{qin}:meta:1", "format", "7")
+    with_store(redis_server.url, unknown_layout)
     client.close()
 
 

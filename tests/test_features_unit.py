@@ -222,19 +222,27 @@ def test_cache_is_bounded_and_stays_correct() -> None:
         assert len(cache) <= 50
         slots = cache.lookup(ids[-20:])  # the newest entries survive their own insert
         assert (cache.gather(slots[slots >= 0]).ids == ids[-20:][slots >= 0]).all()
-    present = np.flatnonzero(cache._slot_of >= 0)
-    assert len(present) == len(cache) == 50
-    assert sorted(cache._keys[cache._slot_of[present]].tolist()) == present.tolist()
+    # every id the cache claims maps to its own slot, holding its own features
+    everything = np.arange(1, 1000)
+    slots = cache.lookup(everything)
+    present = slots >= 0
+    assert present.sum() == len(cache) == 50
+    assert len(np.unique(slots[present])) == 50
+    assert (cache.gather(slots[present]).ids == everything[present]).all()
+    assert (cache.gather(slots[present]).vectors[:, 0] == everything[present]).all()
 
 
 def test_cache_keeps_recently_used_and_skips_duplicates() -> None:
     cache = ItemCache(capacity=4, vocab=100)
     cache.insert(np.array([1, 2, 3, 4]), _features(np.array([1, 2, 3, 4])))
-    cache._used[:] = False
-    cache.lookup(np.array([2]))
-    cache.insert(np.array([5, 2]), _features(np.array([5, 2])))  # 2 is present: skipped
-    assert (cache.lookup(np.array([2, 5])) >= 0).all()
-    assert (cache.lookup(np.array([1])) == -1).all()  # unused, first from the hand
+    # all four were just used: the sweep clears every bit and takes the first from the hand
+    cache.insert(np.array([5]), _features(np.array([5])))
+    assert (cache.lookup(np.array([1])) == -1).all()
+    assert (cache.lookup(np.array([5])) >= 0).all()  # 5 is used now, in 1's old slot
+    cache.lookup(np.array([2]))  # 2 is next from the hand, but used since the sweep
+    cache.insert(np.array([6, 2]), _features(np.array([6, 2])))  # 2 is present: skipped
+    assert (cache.lookup(np.array([3])) == -1).all()  # unused, first from the hand after 2
+    assert (cache.lookup(np.array([2, 4, 5, 6])) >= 0).all()
     empty = ItemCache(capacity=0, vocab=10)
     empty.insert(np.array([1]), _features(np.array([1])))
     assert len(empty) == 0 and (empty.lookup(np.array([1])) == -1).all()

@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from service.features import ItemFeatures
 from service.features.loader import load_dataset
-from service.features.testing import RedisServer, find_redis_server
 from service.packing import ScoringInput, bucket, pack
 from service.schemas import ScoreRequest
+from tests.redis_server import require_redis_server
 from tests.service_stack import ServedModel, ServiceThread, service_settings
+from tests.support.redis import RedisServer
 
 CASES = 150
 
@@ -30,8 +31,7 @@ CASES = 150
 def fuzzed_service(
     served_model: ServedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
-    executable = find_redis_server()
-    assert executable is not None, "redis-server is needed (apt-get install redis-server)"
+    executable = require_redis_server()
     with RedisServer(tmp_path_factory.mktemp("fuzz-redis"), executable=executable) as redis:
         load_dataset(redis.url, served_model.data, prefix="qin", history_len=64, keep=2)
         settings = service_settings(served_model, redis.url, max_candidates=300)
@@ -39,6 +39,7 @@ def fuzzed_service(
             yield running
 
 
+@pytest.mark.slow  # about 9 s on 2 cores: 150 generated requests per operation
 def test_no_generated_request_gets_a_server_error(fuzzed_service: ServiceThread) -> None:
     """Every operation of the live OpenAPI schema, CASES generated requests each (valid and,
     by schemathesis' negative mode, invalid ones). Drawn through schemathesis' hypothesis

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,16 @@ from pydantic import SecretStr
 from export.exporter import export_checkpoint
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
-from service.features.testing import RedisServer, free_port
-from tests.service_stack import ServedModel, ServiceThread, randomised, service_settings
+from tests.service_stack import (
+    GENEROUS_DEADLINE_S,
+    ServedModel,
+    ServiceThread,
+    randomised,
+    service_settings,
+)
+from tests.support.redis import RedisServer, free_port
+from tests.support.wait import wait_until, wait_until_async
+from tests.test_service import metric
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -75,22 +82,32 @@ def test_reload_swaps_the_model_without_failing_in_flight_requests(
     old_version = served_model.model_version
     shutil.copy(other_model, admin_service.settings.model_path)  # replaced on disk
 
-    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
+    async def scenario() -> tuple[list[list[httpx.Response]], httpx.Response]:
         async with httpx.AsyncClient(base_url=admin_service.url, timeout=30) as http:
             stop = asyncio.Event()
+            per_worker: list[list[httpx.Response]] = [[] for _ in range(4)]
 
-            async def keep_scoring() -> list[httpx.Response]:
-                answers = []
+            async def keep_scoring(answers: list[httpx.Response]) -> None:
                 while not stop.is_set():
                     answers.append(await http.post("/score", json=payload))
-                return answers
 
-            workers = [asyncio.create_task(keep_scoring()) for _ in range(4)]
-            await asyncio.sleep(0.3)
+            def each_answered(counts: list[int]) -> bool:
+                return all(len(a) >= n for a, n in zip(per_worker, counts, strict=True))
+
+            workers = [asyncio.create_task(keep_scoring(a)) for a in per_worker]
+            # the reload happens while every worker is scoring: each has been answered a few
+            # times by the old model first, and is answered a few times after the swap
+            await wait_until_async(
+                lambda: each_answered([3] * 4), what="3 answers to each worker before the reload"
+            )
             reloaded = await http.post("/admin/reload", headers=ADMIN)
-            await asyncio.sleep(0.3)
+            after = [len(a) + 3 for a in per_worker]
+            await wait_until_async(
+                lambda: each_answered(after), what="3 more answers to each worker after it"
+            )
             stop.set()
-            return [await w for w in workers], reloaded
+            await asyncio.gather(*workers)
+            return per_worker, reloaded
 
     per_worker, reloaded = asyncio.run(scenario())
     answers = [a for sequence in per_worker for a in sequence]
@@ -225,16 +242,17 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             assert self.process.poll() is None, "the service exited"
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(self.url + "/readyz", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the service did not become ready")
+                return False
+
+        wait_until(ready, timeout_s, "the service process to answer /readyz with 200")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        return metric(httpx.get(self.url + "/metrics", timeout=30).text, name, labels)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -247,6 +265,7 @@ def _env(served: ServedModel, redis: RedisServer, model: Path, **extra: Any) -> 
         "REDIS_URL": redis.url,
         "MODEL_PATH": str(model),
         "PROVIDER": "cpu",
+        "REQUEST_TIMEOUT_S": str(GENEROUS_DEADLINE_S),
         **{k: str(v) for k, v in extra.items()},
     }
 
@@ -264,10 +283,12 @@ def test_sighup_reloads_the_model_file(
         assert before == served_model.model_version
         shutil.copy(other_model, path)
         service.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while httpx.post(service.url + "/score", json=payload).json()["model_version"] == before:
-            assert time.monotonic() < deadline, "SIGHUP did not reload the model"
-            time.sleep(0.05)
+        wait_until(
+            lambda: service.metric("qin_model_reloads_total", 'outcome="swapped"') == 1,
+            what="SIGHUP to reload the model (qin_model_reloads_total swapped = 1)",
+        )
+        after = httpx.post(service.url + "/score", json=payload).json()["model_version"]
+        assert after != before
         assert service.process.poll() is None
     finally:
         service.stop()
@@ -276,8 +297,9 @@ def test_sighup_reloads_the_model_file(
 def test_sigterm_drains_accepted_requests_then_exits(
     served_model: ServedModel, feature_redis: RedisServer
 ) -> None:
-    # A long batch wait keeps the requests queued when the signal arrives.
-    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=400)
+    # A long batch wait keeps the requests queued when the signal arrives: the batch closes 3 s
+    # after the first of them is queued, so the drain is what answers them.
+    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=3000)
     service = ServiceProcess(env)
     try:
         service.wait_ready()
@@ -285,9 +307,15 @@ def test_sigterm_drains_accepted_requests_then_exits(
         async def scenario() -> list[httpx.Response]:
             limits = httpx.Limits(max_connections=40)
             async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as http:
+
+                async def all_queued() -> bool:
+                    text = (await http.get("/metrics")).text
+                    assert metric(text, "qin_batch_requests_count") == 0, "a batch ran early"
+                    return metric(text, "qin_queue_depth") == 30
+
                 payloads = [{"user_id": 1, "item_ids": list(range(1, n + 2))} for n in range(30)]
                 sent = [asyncio.create_task(http.post("/score", json=p)) for p in payloads]
-                await asyncio.sleep(0.2)  # all 30 are in the queue now, none scored yet
+                await wait_until_async(all_queued, what="all 30 requests queued, none scored")
                 service.process.send_signal(signal.SIGTERM)
                 return list(await asyncio.gather(*sent))
 

@@ -92,12 +92,14 @@ def test_lr_halves_on_an_epoch_without_improvement(tiny_data: Path, tmp_path: Pa
     assert any(r["lr"] < 0.5 for r in records)
 
 
+@pytest.mark.slow  # trains for real on the learnable dataset
 def test_qin_learns_the_planted_structure(learnable_data: Path, tmp_path: Path) -> None:
     meta = run(learnable_data, tmp_path / "qin", ["max_epochs=2", "batch_size=1024"])
     assert meta["metrics"]["valid"]["auc"] > 0.65, meta["metrics"]["valid"]
     assert meta["metrics"]["valid"]["logloss"] < 0.61  # better than the constant 30% click rate
 
 
+@pytest.mark.slow  # trains for real on the learnable dataset
 def test_qin_beats_the_mlp_ablation(learnable_data: Path, tmp_path: Path) -> None:
     """The generator's strongest term is a bilinear form of the relevant behaviours' vectors and
     the target's: a quadratic layer forms such products directly, an MLP only approximates them.

