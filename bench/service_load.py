@@ -423,8 +423,8 @@ def model_call(
     On CUDA the call goes through the service's ModelRunner (inputs and output bound on the
     device, the result copied back), which refuses a session that fell back to the CPU."""
     from bench.model_latency import requests
+    from contract.schema import FeatureSchema
     from export.onnx_io import make_session, read_metadata
-    from model.schema import FeatureSchema
 
     meta = read_metadata(model)
     schema = FeatureSchema.from_dict(meta["feature_schema"])

@@ -1,6 +1,6 @@
 """Parity: the exported graph against the PyTorch model, on real batches, before a file is kept.
 
-The reference is the model in eval mode under the id rules of :mod:`export.contract`
+The reference is the model in eval mode under the id rules of :mod:`contract.onnx_io`
 (``DirectGraph`` run by PyTorch: the training forward, one row per candidate, history repeated).
 
 Three kinds of batches are checked:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.schema import (
+from contract.schema import (
     DEFAULT_HISTORY_LEN,
     ITEM_VECTOR_DIM,
     LEVEL_VOCAB,

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from contract.schema import ITEM_VECTOR_DIM, LEVEL_VOCAB, TAGS_PER_ITEM, FeatureSchema
 from model import data
 from model.data import (
     Batch,
@@ -24,7 +25,6 @@ from model.data import (
     load_items,
     load_split,
 )
-from model.schema import ITEM_VECTOR_DIM, LEVEL_VOCAB, TAGS_PER_ITEM, FeatureSchema
 
 N_ITEMS = 9  # item ids 1..8 plus the padding row 0
 MAX_TAG = 12

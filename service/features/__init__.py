@@ -19,13 +19,14 @@ from .errors import (
     StoreUnavailable,
 )
 from .layout import ItemFeatures
-from .store import AppendResult, FeatureStore, RequestFeatures, StoreStats
+from .store import AppendResult, FeatureStore, HistorySource, RequestFeatures, StoreStats
 
 __all__ = [
     "AppendResult",
     "CorruptRecord",
     "FeatureStore",
     "FeatureStoreError",
+    "HistorySource",
     "ItemFeatures",
     "LoadError",
     "NoLiveVersion",

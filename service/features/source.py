@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from contract.schema import LEVEL_VOCAB
 from model.data import (
     HISTORY,
     ITEM_ID,
@@ -39,7 +40,6 @@ from model.data import (
     DataError,
     load_items,
 )
-from model.schema import LEVEL_VOCAB
 
 from .layout import MAX_ID, pack_items
 
