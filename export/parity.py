@@ -25,10 +25,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contract.dataset import ItemTable
 from export.graphs import build_graph
 from export.onnx_io import run_session
 from model.base import CTRModel
-from model.data import Dataset, ItemTable
+from model.data import Dataset
 from model.metrics import roc_auc
 
 #: QIN.md / the export contract: fp32 max |Δp| and, for fp16, max |Δp| and the AUC change.
