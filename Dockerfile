@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1
 # Images of the QIN stack (docker-compose.yml builds them). Targets:
-#   serve  the scoring service, `python -m service`: onnxruntime only, no torch. DEVICE=cpu:
+#   serve  the scoring service, `python -m service`: the serve extra only (onnxruntime, no torch,
+#          no pyarrow), with the contract/ and service/ packages alone. DEVICE=cpu:
 #          onnxruntime on python:3.11-slim. DEVICE=gpu (the default here; docker-compose.yml asks
 #          for cpu, deploy/docker-compose.gpu.yml for gpu): onnxruntime-gpu on NVIDIA's CUDA 13 +
 #          cuDNN 9 runtime image, whose Python is Ubuntu 24.04's 3.12; the host needs driver >= 580.
-#   train  CPU torch and the serve extra: the one-shot job that builds the demo artifacts into the
-#          /models volume and loads the features into Redis (deploy/build_demo_artifacts.sh).
+#   train  CPU torch with the serve and load extras: the one-shot job that builds the demo
+#          artifacts into the /models volume and loads the features into Redis
+#          (deploy/build_demo_artifacts.sh runs `python -m service.features load`).
 # Every venv is made by deploy/install.sh, as for the README's commands and CI. The model is not
 # in the image: the service reads it from a volume (MODEL_PATH=/models/model.onnx).
 #
@@ -41,8 +43,7 @@ ENV VENV=/opt/venv PYTHON=python3
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY deploy/install.sh deploy/
-COPY model model/
-COPY export export/
+COPY contract contract/
 COPY service service/
 RUN --mount=type=cache,target=/root/.cache/pip \
     if [ "$DEVICE" = gpu ]; then export ONNXRUNTIME="$ONNXRUNTIME_GPU"; fi \
@@ -62,10 +63,9 @@ RUN useradd --system --uid 10001 --user-group --no-create-home qin \
     && chown qin:qin /models
 WORKDIR /app
 COPY --from=serve-builder /opt/venv /opt/venv
-# The editable install of the builder points at /app; the serving code needs model.schema and
-# export.contract too (both torch-free).
-COPY model model/
-COPY export export/
+# The editable install of the builder points at /app. The service imports contract/ (torch- and
+# pyarrow-free) and nothing of model/ or export/ (tests/test_contract.py checks).
+COPY contract contract/
 COPY service service/
 # Numeric, so that a runtime checking for non-root (Kubernetes runAsNonRoot) can tell.
 USER 10001:10001
@@ -85,14 +85,16 @@ ENV VENV=/opt/venv \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY deploy/install.sh deploy/
+COPY contract contract/
 COPY model model/
 COPY export export/
 COPY service service/
 # torch==2.13.0 resolves to 2.13.0+cpu from PyTorch's CPU index (no CUDA libraries: the job
-# trains on the CPU). The dev extra too, because deploy/demo.sh runs install.sh with
-# train,serve,dev: with the same extras that run finds its stamp and installs nothing.
+# trains on the CPU). The load extra because the job loads the features; the dev extra too,
+# because deploy/demo.sh runs install.sh with train,serve,load,dev: with the same extras that run
+# finds its stamp and installs nothing.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash deploy/install.sh train,serve,dev
+    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash deploy/install.sh train,serve,load,dev
 COPY deploy deploy/
 RUN useradd --system --uid 10001 --user-group --create-home qin \
     && mkdir /models \

@@ -26,7 +26,7 @@ def model_call(
     device, the result copied back), which refuses a session that fell back to the CPU."""
     from bench.model_latency import requests
     from export.onnx_io import make_session, read_metadata
-    from model.schema import FeatureSchema
+    from contract.schema import FeatureSchema
 
     meta = read_metadata(model)
     schema = FeatureSchema.from_dict(meta["feature_schema"])

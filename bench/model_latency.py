@@ -29,13 +29,13 @@ import onnxruntime as ort
 import torch
 
 from bench.report import markdown_table, write_result
+from contract.schema import MICROLENS_1M, FeatureSchema
 from export.graphs import GEMM_ATTENTION_MAX_USERS, build_graph
 from export.onnx_io import export_module, graph_metadata, make_session
 from export.parity import Requests
 from model.base import CTRModel
 from model.config import ModelConfig, build_config
 from model.factory import build_model
-from model.schema import MICROLENS_1M, FeatureSchema
 
 SHAPES = [(1, 1), (1, 50), (1, 200), (1, 1000), (8, 200)]
 HISTORY = 64

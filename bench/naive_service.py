@@ -93,7 +93,7 @@ def direct_inputs(
     likes: list[int] | None,
     views: list[int] | None,
 ) -> list[torch.Tensor]:
-    """Tensors in the order of ``export.contract.direct_inputs``; history repeated per row."""
+    """Tensors in the order of ``contract.onnx_io.direct_inputs``; history repeated per row."""
     candidates = features.candidates
     rows = len(candidates)
     history = left_padded(features.history, history_len)

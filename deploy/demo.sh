@@ -21,7 +21,7 @@ DEMO_TRAIN_ROWS="${DEMO_TRAIN_ROWS:-200000}"
 VENV="${VENV:-.venv}"
 started=$(date +%s)
 
-bash deploy/install.sh train,serve,dev
+bash deploy/install.sh train,serve,load,dev
 PY="$VENV/bin/python"
 
 if [ ! -f "$DEMO_DIR/data/meta.json" ]; then

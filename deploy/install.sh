@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment and install it with the given extras.
 #
-#   bash deploy/install.sh [EXTRAS]      EXTRAS defaults to train,serve,dev
+#   bash deploy/install.sh [EXTRAS]      EXTRAS defaults to train,serve,load,dev
 #
 # Used by the README's commands, by CI and by the Dockerfile, so all of them install the same way.
 # A second run with the same pyproject.toml and extras does nothing (a stamp file remembers).
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS="${1:-train,serve,dev}"
+EXTRAS="${1:-train,serve,load,dev}"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 

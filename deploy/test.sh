@@ -5,13 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash deploy/install.sh train,serve,dev
+bash deploy/install.sh train,serve,load,dev
 VENV="${VENV:-.venv}"
 
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 echo "== mypy"
-"$VENV/bin/mypy" model export service bench
+"$VENV/bin/mypy" contract model export service bench
 echo "== pytest"
 "$VENV/bin/python" -m pytest "$@"

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from contract.dataset import DataError
 from export.onnx_io import ExportError
 from model.checkpoint import CheckpointError
-from model.data import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The two exported networks, as torch modules built from a trained model in eval mode.
 
 ``DirectGraph`` is the training forward (one row per candidate) plus the unknown-id rules of
-:mod:`export.contract`; it is the reference. ``ServingGraph`` computes the same probabilities
+:mod:`contract.onnx_io`; it is the reference. ``ServingGraph`` computes the same probabilities
 grouped by user, with the exact rewrites of :mod:`export.folding`:
 
 * items are encoded once per user history and once per candidate;
@@ -41,7 +41,7 @@ GEMM_ATTENTION_MAX_USERS = 16
 
 
 class IdRules(nn.Module):
-    """Maps ids the model has not seen to padding, as export.contract documents."""
+    """Maps ids the model has not seen to padding, as contract.onnx_io documents."""
 
     def __init__(self, model: CTRModel) -> None:
         super().__init__()

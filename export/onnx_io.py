@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.contract import METADATA_KEYS, OUTPUT, contract_json, input_specs
+from contract.onnx_io import METADATA_KEYS, OUTPUT, contract_json, input_specs
 
 OPSET = 18
 

@@ -1,6 +1,6 @@
 """Parity: the exported graph against the PyTorch model, on real batches, before a file is kept.
 
-The reference is the model in eval mode under the id rules of :mod:`export.contract`
+The reference is the model in eval mode under the id rules of :mod:`contract.onnx_io`
 (``DirectGraph`` run by PyTorch: the training forward, one row per candidate, history repeated).
 
 Three kinds of batches are checked:
@@ -25,10 +25,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contract.dataset import ItemTable
 from export.graphs import build_graph
 from export.onnx_io import run_session
 from model.base import CTRModel
-from model.data import Dataset, ItemTable
+from model.data import Dataset
 from model.metrics import roc_auc
 
 #: QIN.md / the export contract: fp32 max |Δp| and, for fp16, max |Δp| and the AUC change.

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.schema import FeatureSchema
 from model.config import ModelConfig
 from model.layers import ItemEncoder, init_embedding
-from model.schema import FeatureSchema
 
 
 class CTRModel(nn.Module):

@@ -22,10 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contract.schema import FeatureSchema
 from model.base import CTRModel
 from model.config import RunConfig
 from model.factory import build_model
-from model.schema import FeatureSchema
 
 CHECKPOINT_FORMAT = "qin-checkpoint"
 FORMAT_VERSION = 1

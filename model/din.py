@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contract.schema import FeatureSchema
 from model.base import CTRModel
 from model.config import ModelConfig
 from model.layers import MultiLayerPerceptron, init_linear
-from model.schema import FeatureSchema
 
 
 class DINAttention(nn.Module):

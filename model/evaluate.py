@@ -14,9 +14,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from contract.dataset import DataError, ItemTable
 from model.base import CTRModel
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.data import Batch, DataError, Dataset, ItemTable, Split, assemble_batch, iterate_rows
+from model.data import Batch, Dataset, Split, assemble_batch, iterate_rows
 from model.metrics import log_loss, roc_auc
 
 T = TypeVar("T")

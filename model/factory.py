@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from contract.schema import FeatureSchema
 from model.base import CTRModel
 from model.config import ModelConfig
 from model.din import DIN
 from model.qin import QIN
-from model.schema import FeatureSchema
 
 
 def build_model(config: ModelConfig, schema: FeatureSchema) -> CTRModel:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contract.schema import FeatureSchema
 from model.base import CTRModel
 from model.config import ModelConfig
 from model.layers import (
@@ -18,7 +19,6 @@ from model.layers import (
     QuadraticNetwork,
     init_linear,
 )
-from model.schema import FeatureSchema
 
 
 class QIN(CTRModel):

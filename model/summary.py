@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from contract.schema import MICROLENS_1M, FeatureSchema
 from model.config import build_config
 from model.factory import build_model, count_parameters
-from model.schema import MICROLENS_1M, FeatureSchema
 
 
 def main(argv: list[str] | None = None) -> int:

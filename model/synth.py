@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.schema import DEFAULT_HISTORY_LEN, ITEM_VECTOR_DIM, TAGS_PER_ITEM
+from contract.schema import DEFAULT_HISTORY_LEN, ITEM_VECTOR_DIM, TAGS_PER_ITEM
 
 MAX_TOPICS = 50
 MIN_ITEMS = 10

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from contract.dataset import DataError
 from model.base import CTRModel
 from model.checkpoint import (
     CheckpointError,
@@ -32,7 +33,7 @@ from model.checkpoint import (
     write_json,
 )
 from model.config import RunConfig, build_config
-from model.data import DataError, Dataset, assemble_batch, iterate_rows
+from model.data import Dataset, assemble_batch, iterate_rows
 from model.evaluate import batch_tensors, evaluate_split, prefetch, resolve_device
 from model.factory import build_model, count_parameters
 from model.plots import plot_curves

@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from contract.schema import ITEM_VECTOR_DIM, TAGS_PER_ITEM
 from service.batching import Batcher, DeadlineExceeded, Scored
 from service.features import (
     FeatureStore,
     FeatureStoreError,
+    HistorySource,
     ItemFeatures,
     StoreTimeout,
     StoreUnavailable,
 )
-from service.features.layout import ITEM_VECTOR_DIM, TAGS_PER_ITEM
-from service.features.store import HistorySource
 from service.metrics import Metrics
 from service.packing import PackedBatch, ScoringInput, buckets_up_to, pack
 from service.runtime import CUDA, ModelError, ModelInfo, ModelRunner

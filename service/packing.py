@@ -16,8 +16,6 @@ import numpy as np
 
 from service.features import ItemFeatures
 
-LEVEL_MAX = 10  # likes/views levels are 0..10, 0 = unknown (QIN.md)
-
 
 @dataclass(frozen=True, eq=False)
 class ScoringInput:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import METADATA_KEYS, OUTPUT, serving_inputs
+from contract.onnx_io import METADATA_KEYS, OUTPUT, serving_inputs
 
 log = logging.getLogger(__name__)
 

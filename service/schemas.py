@@ -8,12 +8,14 @@ for nothing). The size limits depend on the settings and are checked by the rout
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.schema import LEVEL_MAX
+from service.features import HistorySource
+
 INT64_MAX = 2**63 - 1
-LEVEL_MAX = 10
 
 UserId = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]
 ItemId = Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
@@ -76,7 +78,7 @@ class ScoreResponse(BaseModel):
     scores: list[float] = Field(description="Click probabilities, in the order of item_ids.")
     model_version: str
     feature_version: str = Field(description="The live feature-store version that was read.")
-    history_source: Literal["stored", "unknown_user", "override", "unavailable"] = Field(
+    history_source: HistorySource = Field(
         description=(
             "Where the history came from; unknown_user means it was empty; unavailable: Redis "
             "was unreachable and DEGRADED_MODE scored with an empty history."

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.schema import DEFAULT_HISTORY_LEN
+from contract.schema import DEFAULT_HISTORY_LEN
 
 
 class Settings(BaseSettings):

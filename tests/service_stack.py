@@ -19,11 +19,12 @@ import pytest
 import torch
 import uvicorn
 
+from contract.dataset import load_items
 from export.exporter import export_checkpoint
 from model.base import CTRModel
 from model.checkpoint import save_checkpoint
 from model.config import build_config
-from model.data import infer_schema, load_items
+from model.data import infer_schema
 from model.factory import build_model
 from service.api import create_app
 from service.features.loader import load_dataset

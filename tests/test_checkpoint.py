@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from contract.schema import FeatureSchema
 from model.checkpoint import (
     META_FILE,
     WEIGHTS_FILE,
@@ -18,7 +19,6 @@ from model.checkpoint import (
 )
 from model.config import build_config
 from model.factory import build_model
-from model.schema import FeatureSchema
 from tests.test_model import random_rows
 
 SCHEMA = FeatureSchema(item_vocab=200, tag_vocab=40, history_len=8)

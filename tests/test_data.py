@@ -1,4 +1,5 @@
-"""Tests for model.data: loading, validation, history alignment, batches, fingerprints."""
+"""Tests for model.data and the contract.dataset validator it reads through: loading, validation,
+history alignment, batches, fingerprints."""
 
 from __future__ import annotations
 
@@ -11,20 +12,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from contract.dataset import DataError, ItemTable, load_items
+from contract.schema import ITEM_VECTOR_DIM, LEVEL_VOCAB, TAGS_PER_ITEM, FeatureSchema
 from model import data
 from model.data import (
     Batch,
-    DataError,
     Dataset,
-    ItemTable,
     Split,
     assemble_batch,
     infer_schema,
     iterate_rows,
-    load_items,
     load_split,
 )
-from model.schema import ITEM_VECTOR_DIM, LEVEL_VOCAB, TAGS_PER_ITEM, FeatureSchema
 
 N_ITEMS = 9  # item ids 1..8 plus the padding row 0
 MAX_TAG = 12

@@ -367,7 +367,7 @@ def stage_chain(name: str, stages: dict[str, Stage]) -> set[str]:
     return chain
 
 
-def test_the_serving_image_installs_no_torch() -> None:
+def test_the_serving_image_installs_only_what_serving_imports() -> None:
     stages = dockerfile_stages()
     chain = stage_chain("serve", stages)
     assert {"serve", "serve-builder", "python-gpu", "python-cpu"} <= chain
@@ -378,12 +378,43 @@ def test_the_serving_image_installs_no_torch() -> None:
         for args in stages[name].all("RUN")
         if "install.sh" in args or "pip" in args
     ]
-    assert installs and all(re.search(r"install\.sh serve\b", args) for args in installs)
+    # The serve extra alone: not even the load extra's pyarrow (the image never loads features).
+    assert installs and all(install_extras(args) == ["serve"] for args in installs), installs
     for name in chain:
         for args in stages[name].all("RUN"):
             assert "torch" not in args and "train" not in args, f"{name}: {args}"
+        # The service imports contract/ and service/ only (tests/test_contract.py checks).
+        for args in stages[name].all("COPY"):
+            sources = {source.rstrip("/") for source in args.split()[:-1]}
+            assert not {"model", "export", "bench"} & sources, f"{name}: COPY {args}"
     # The positive control: the one-shot job's image does install the train extra.
     assert any("install.sh train," in args for args in stages["train"].all("RUN"))
+
+
+def install_extras(args: str) -> list[str] | None:
+    """The extras of the ``bash deploy/install.sh EXTRAS`` in a command line (None: none there)."""
+    found = re.search(r"install\.sh(?: +([\w,]+))?", args)
+    return None if found is None else (found.group(1) or "").split(",")
+
+
+def test_the_images_and_scripts_that_load_features_install_the_load_extra() -> None:
+    """``python -m service.features load`` needs the load extra; every install of a script or
+    image that runs it has it, and the demo installs what the train image did (same stamp)."""
+    assert "service.features load" in (ROOT / "deploy" / "build_demo_artifacts.sh").read_text()
+    assert compose_services()["artifacts"]["build"]["target"] == "train"
+    (train,) = [e for a in dockerfile_stage("train").all("RUN") if (e := install_extras(a))]
+    assert {"train", "serve", "load"} <= set(train)
+    assert "service.features load" in (ROOT / "deploy" / "serve_demo.sh").read_text()
+    for script in ("demo.sh", "test.sh"):
+        lines = (ROOT / "deploy" / script).read_text().splitlines()
+        extras = [e for line in lines if not line.startswith("#") if (e := install_extras(line))]
+        assert extras == [train], f"deploy/{script}: {extras}"
+    ci = [
+        e for line in (ROOT / ".ci" / "run").read_text().splitlines() if (e := install_extras(line))
+    ]
+    assert ci == [train]
+    default = re.search(r'EXTRAS="\$\{1:-([\w,]+)\}"', (ROOT / "deploy" / "install.sh").read_text())
+    assert default is not None and default.group(1).split(",") == train
 
 
 def test_the_images_run_as_a_non_root_user() -> None:

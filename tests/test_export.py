@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from contract.schema import FeatureSchema
 from export import __main__ as export_cli
 from export import folding, graphs
 from export.graphs import GEMM_ATTENTION_MAX_USERS, ServingGraph, build_graph
@@ -19,7 +20,6 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
 from model.data import Dataset, infer_schema
 from model.factory import build_model
-from model.schema import FeatureSchema
 
 SCHEMA = FeatureSchema(item_vocab=300, tag_vocab=50)
 

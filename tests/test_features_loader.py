@@ -17,8 +17,9 @@ import pytest
 from service.features import FeatureStore, LoadError
 from service.features import loader as loader_module
 from service.features.__main__ import main
+from service.features.client import connect
 from service.features.layout import Keys
-from service.features.loader import BulkLoader, connect
+from service.features.loader import BulkLoader
 from service.features.source import FeatureSet, read_feature_set
 from tests.support.redis import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -168,7 +169,8 @@ def test_failed_load_leaves_live_version_untouched(
 
 KILLED_LOADER = """
 import sys, time
-from service.features.loader import BulkLoader, connect
+from service.features.client import connect
+from service.features.loader import BulkLoader
 from service.features.source import read_feature_set
 url, data = sys.argv[1], sys.argv[2]
 loader = BulkLoader(connect(url, 10), "qin", marker_ttl_s=1.0)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from redis.crc import key_slot
 
-from model.data import DataError, load_items
+from contract.dataset import DataError, load_items
 from model.synth import ROW_SCHEMA
 from service.features.cache import ItemCache
 from service.features.errors import CorruptRecord, redacted

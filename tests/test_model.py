@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from contract.schema import MICROLENS_1M, FeatureSchema
 from model.config import ModelConfig, build_config
 from model.factory import build_model, count_parameters
 from model.layers import AdaptiveSparseTargetAttention
-from model.schema import MICROLENS_1M, FeatureSchema
 
 SCHEMA = FeatureSchema(item_vocab=200, tag_vocab=40, history_len=8)
 VARIANTS = {

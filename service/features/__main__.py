@@ -7,6 +7,9 @@
 Defaults come from the environment (service.settings: REDIS_URL, FEATURE_KEY_PREFIX,
 FEATURE_VERSIONS_KEPT, HISTORY_LEN, REDIS_TIMEOUT_S). Bad input, bad data and an unreachable
 Redis end with one line on stderr and exit code 2, never a traceback.
+
+``load`` reads parquet, so it needs the ``load`` extra (pyarrow, tqdm); its loader is imported
+only when it runs, and ``append`` and ``info`` work on a serving install without it.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from typing import Any, cast
 
 import pydantic
 
-from model.data import DataError
 from service.settings import Settings
 
+from .client import DEFAULT_CHUNK, connect
 from .errors import FeatureStoreError, translating
 from .layout import Keys
-from .loader import DEFAULT_CHUNK, LoadReport, connect, load_dataset
 from .store import FeatureStore
 
 EXIT_USAGE = 2
+#: The third-party modules the bulk loader needs beyond a serving install: the ``load`` extra.
+LOAD_EXTRA_MODULES = ("pyarrow", "tqdm")
 #: Reply timeout of the small admin reads of ``info``, in seconds.
 ADMIN_TIMEOUT_S = 10.0
 
@@ -118,8 +122,22 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+class MissingExtra(RuntimeError):
+    """A command needs an extra that is not installed; the message says which and how."""
+
+
 def run_load(args: argparse.Namespace, settings: Settings) -> int:
-    report: LoadReport = load_dataset(
+    try:  # here, not at the top: append and info must run without the load extra
+        from .loader import load_dataset
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in LOAD_EXTRA_MODULES:
+            raise  # not an extra's module: a broken install, shown as it is
+        raise MissingExtra(
+            f"the load command needs the `load` extra ({missing} is not installed): "
+            "pip install '.[load]'"
+        ) from None
+    report = load_dataset(
         args.redis_url,
         args.data,
         prefix=args.prefix,
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command]()
-    except (DataError, FeatureStoreError, ValueError) as exc:
+    except (FeatureStoreError, MissingExtra, ValueError) as exc:  # a DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ from typing import Final
 
 import numpy as np
 
-from model.schema import ITEM_VECTOR_DIM, TAGS_PER_ITEM
+from contract.schema import ITEM_VECTOR_DIM, TAGS_PER_ITEM
 
 from .errors import CorruptRecord
 

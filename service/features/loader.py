@@ -20,6 +20,8 @@ Appends during a load: the append script logs every append made while the marker
 ``{P}:pending:V`` and the loader replays them onto version V after writing it, so they survive
 the switch. Appends made before the load began are expected to be in its dataset (the offline
 export), so they are not carried over.
+
+Needs pyarrow and tqdm (the ``load`` extra); the service never imports this module.
 """
 
 from __future__ import annotations
@@ -33,18 +35,15 @@ from typing import cast
 import numpy as np
 import redis
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 from tqdm import tqdm
 
+from .client import DEFAULT_CHUNK, connect
 from .errors import FeatureStoreError, LoadError, redacted, translating
 from .layout import ITEM_RECORD_BYTES, LAYOUT_FORMAT, USER_BUCKETS, Keys
 from .scripts import BEGIN, DRAIN, REFRESH, RELEASE, SWITCH
 from .source import FeatureSet, read_feature_set
 
-#: Fields per HSET command: big enough to amortise the command, small enough to stream.
-DEFAULT_CHUNK = 500
 #: HSET commands per pipeline flush (about 8 MB of item records at the default chunk).
 COMMANDS_PER_FLUSH = 32
 #: Appends replayed per DRAIN call before the switch replays the rest.
@@ -67,18 +66,6 @@ class LoadReport:
     items_s: float
     users_s: float
     switch_s: float
-
-
-def connect(url: str, timeout_s: float, tls: Mapping[str, str] | None = None) -> redis.Redis:
-    """A synchronous client for bulk work: one retry so a stale pooled socket reconnects.
-    ``tls``: redis-py's TLS file arguments for a rediss:// URL (``Settings.redis_tls``)."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-        **(tls or {}),
-    )
 
 
 class BulkLoader:

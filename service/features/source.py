@@ -2,7 +2,7 @@
 
 The rules (also in the README):
 
-* **Item features**: tags and vectors from ``item_info.parquet`` (validated by model.data).
+* **Item features**: tags and vectors from ``item_info.parquet``.
 * **Item levels**: an item's likes/views levels are attributes carried on the rows where it is the
   target, and they drift over time, so an item takes the values of its *latest* such row: splits
   in time order (train, then valid, then test) and, within a file, the last row. An item never
@@ -13,8 +13,12 @@ The rules (also in the README):
   newest); ties go to the later row. Padding zeros are dropped and the last ``history_len`` ids
   are kept, oldest first.
 
-Everything is vectorised: one pass reads the small columns and counts each row's history, a second
-pass reads only the chosen rows' histories. Memory stays at a few arrays of one value per row.
+Every file is validated by :mod:`contract.dataset`, the same validator training reads through, so
+the store accepts exactly the data a model can be trained on. Everything is vectorised: one pass
+reads the small columns and counts each row's history, a second pass reads only the chosen rows'
+histories. Memory stays at a few arrays of one value per row.
+
+Needs pyarrow (the ``load`` extra): the bulk loader imports this module, the service never does.
 """
 
 from __future__ import annotations
@@ -24,28 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from model.data import (
-    HISTORY,
-    ITEM_ID,
+from contract.dataset import (
     ITEM_INFO_FILE,
-    LIKES,
     SPLIT_NAMES,
-    USER_ID,
-    VIEWS,
     DataError,
+    check_folder,
+    check_history_len,
+    history_rows,
     load_items,
+    open_split,
 )
-from model.schema import LEVEL_VOCAB
 
 from .layout import MAX_ID, pack_items
 
 #: Rows decoded per step when streaming item_seq: bounds the temporaries.
 _BATCH_ROWS = 1 << 16
-_READ_ERRORS = (OSError, pa.ArrowException)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,10 +88,8 @@ class _SplitScan:
 def read_feature_set(root: Path | str, history_len: int) -> FeatureSet:
     """Read and validate a dataset folder; raises DataError naming the file and problem."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    if history_len < 1:
-        raise ValueError(f"history_len must be positive, got {history_len}")
+    check_folder(root)
+    check_history_len(history_len)
     items = load_items(root / ITEM_INFO_FILE)
     if items.tags.max() > MAX_ID:
         raise DataError(f"{root / ITEM_INFO_FILE}: tag ids above {MAX_ID} do not fit int32")
@@ -120,118 +116,27 @@ def read_feature_set(root: Path | str, history_len: int) -> FeatureSet:
 # Pass one: scalars and history lengths
 
 
-def _error(path: Path, problem: str, column: str | None = None) -> DataError:
-    """model.data's message format: ``<file>: column '<name>': <problem>``."""
-    return DataError(f"{path}: column '{column}': {problem}" if column else f"{path}: {problem}")
-
-
-def _open(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (*_READ_ERRORS, ValueError) as exc:
-        raise _error(path, f"not a readable parquet file ({exc})") from exc
-
-
-def _check_columns(path: Path, schema: pa.Schema) -> None:
-    missing = [c for c in (USER_ID, HISTORY, LIKES, VIEWS, ITEM_ID) if c not in schema.names]
-    if missing:
-        raise _error(path, f"missing columns {missing} (columns present: {schema.names})")
-    for column in (USER_ID, LIKES, VIEWS, ITEM_ID):
-        if not pa.types.is_integer(schema.field(column).type):
-            raise _error(path, f"expected an integer type, got {schema.field(column).type}", column)
-    kind = schema.field(HISTORY).type
-    is_list = (
-        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
-    )
-    if not (is_list and pa.types.is_integer(kind.value_type)):
-        raise _error(path, f"expected a list of integers, got {kind}", HISTORY)
-
-
-def _int64(path: Path, column: str, array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A null-free integer column as int64 numpy."""
-    if array.null_count:
-        raise _error(path, f"{array.null_count} null values", column)
-    try:
-        wide = array.cast(pa.int64())
-    except pa.ArrowInvalid as exc:
-        raise _error(path, f"values do not fit in int64 ({exc})", column) from exc
-    return np.asarray(wide.to_numpy(), dtype=np.int64)
-
-
-def _check_range(path: Path, column: str, values: np.ndarray, low: int, high: int) -> None:
-    bad = (values < low) | (values > high)
-    if bad.any():
-        first = int(np.argmax(bad))
-        raise _error(
-            path,
-            f"{int(bad.sum())} values outside {low}..{high}, first at row {first}: {values[first]}",
-            column,
-        )
-
-
 def _scan_split(path: Path, num_items: int) -> _SplitScan:
-    parquet = _open(path)
-    try:
-        _check_columns(path, parquet.schema_arrow)
-        if parquet.metadata.num_rows == 0:
-            raise _error(path, "no rows (empty split)")
-        try:
-            table = parquet.read(columns=[USER_ID, LIKES, VIEWS, ITEM_ID])
-        except _READ_ERRORS as exc:
-            raise _error(path, f"cannot read ({exc})") from exc
-        lengths = _history_lengths(parquet, path, num_items)
-    finally:
-        parquet.close()
-    scan = _SplitScan(
+    with open_split(path, labels="ignored") as split:
+        lengths = np.empty(split.rows, dtype=np.int64)
+        for start, values, offsets in split.histories(num_items, _BATCH_ROWS):
+            lengths[start : start + len(offsets) - 1] = _non_padding_counts(values, offsets)
+        scalars = split.scalars(num_items)
+    return _SplitScan(
         path=path,
-        users=_int64(path, USER_ID, table.column(USER_ID)),
+        users=scalars.user_ids,
         lengths=lengths,
-        targets=_int64(path, ITEM_ID, table.column(ITEM_ID)),
-        likes=_int64(path, LIKES, table.column(LIKES)),
-        views=_int64(path, VIEWS, table.column(VIEWS)),
+        targets=scalars.item_ids,
+        likes=scalars.likes,
+        views=scalars.views,
     )
-    _check_range(path, ITEM_ID, scan.targets, 1, num_items - 1)
-    _check_range(path, LIKES, scan.likes, 0, LEVEL_VOCAB - 1)
-    _check_range(path, VIEWS, scan.views, 0, LEVEL_VOCAB - 1)
-    return scan
 
 
-def _list_parts(path: Path, array: pa.Array, row_base: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat int64 values and (R + 1,) offsets of a list array, with nulls and ranges checked."""
-    if array.null_count:
-        raise _error(path, f"{array.null_count} null lists in rows {row_base}..", HISTORY)
-    flat = array.flatten()
-    if flat.null_count:
-        raise _error(path, f"null ids inside lists in rows {row_base}..", HISTORY)
-    offsets = np.zeros(len(array) + 1, dtype=np.int64)
-    np.cumsum(pc.list_value_length(array).to_numpy(zero_copy_only=False), out=offsets[1:])
-    return _int64(path, HISTORY, flat), offsets
-
-
-def _history_lengths(parquet: pq.ParquetFile, path: Path, num_items: int) -> np.ndarray:
-    """Each row's number of non-padding history ids, validating every id on the way."""
-    out = np.empty(parquet.metadata.num_rows, dtype=np.int64)
-    start = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[HISTORY]):
-            values, offsets = _list_parts(path, batch.column(0), start)
-            bad = (values < 0) | (values >= num_items)
-            if bad.any():
-                row = start + int(np.searchsorted(offsets, int(np.argmax(bad)), side="right")) - 1
-                raise _error(
-                    path,
-                    f"{int(bad.sum())} ids outside item_info (0..{num_items - 1}) in rows from "
-                    f"{start}, first at row {row}: {values[np.argmax(bad)]}",
-                    HISTORY,
-                )
-            lengths = np.diff(offsets)
-            rows = np.repeat(np.arange(len(lengths)), lengths)
-            zeros = np.bincount(rows[values == 0], minlength=len(lengths))
-            out[start : start + len(lengths)] = lengths - zeros
-            start += len(lengths)
-    except _READ_ERRORS as exc:
-        raise _error(path, f"cannot read ({exc})", HISTORY) from exc
-    return out
+def _non_padding_counts(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each row's number of non-padding history ids."""
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    return lengths - np.bincount(rows[values == 0], minlength=len(lengths))
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,23 +206,11 @@ def _read_histories(
     user_index, counts, pieces = [], [], []
     for scan, pairs in zip(scans, chosen, strict=True):
         rows, users = pairs
-        parquet = _open(scan.path)
-        try:
-            start = 0
-            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[HISTORY]):
-                low, high = np.searchsorted(rows, [start, start + batch.num_rows])
-                if high > low:
-                    lists = batch.column(0).take(pa.array(rows[low:high] - start))
-                    values, offsets = _list_parts(scan.path, lists, start)
-                    kept, kept_counts = _tail_non_padding(values, offsets, limit)
-                    user_index.append(users[low:high])
-                    counts.append(kept_counts)
-                    pieces.append(kept)
-                start += batch.num_rows
-        except _READ_ERRORS as exc:
-            raise _error(scan.path, f"cannot read ({exc})", HISTORY) from exc
-        finally:
-            parquet.close()
+        for held, values, offsets in history_rows(scan.path, rows, _BATCH_ROWS):
+            kept, kept_counts = _tail_non_padding(values, offsets, limit)
+            user_index.append(users[held])
+            counts.append(kept_counts)
+            pieces.append(kept)
     return _order_by_user(user_index, counts, pieces)
 
 

@@ -59,6 +59,7 @@ from .scripts import APPEND
 _MAX_ATTEMPTS = 4
 _INT64 = np.iinfo(np.int64)
 
+#: Where a request's history came from: the one definition, also the /score response's field.
 HistorySource = Literal["stored", "unknown_user", "override", "unavailable"]
 
 

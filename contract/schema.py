@@ -12,6 +12,8 @@ from typing import Any
 
 #: Likes and views levels are 1..10 with 0 for unknown (QIN.md), so the vocabulary is 11.
 LEVEL_VOCAB = 11
+#: The highest likes/views level.
+LEVEL_MAX = LEVEL_VOCAB - 1
 #: item_info carries exactly five tag ids per item, 0-padded.
 TAGS_PER_ITEM = 5
 #: item_emb_d128: the frozen multimodal vector of every item.

@@ -1,7 +1,7 @@
 """The input contract of the exported graphs, shared by the exporter and the service.
 
-Torch-free on purpose: the service imports this module to build its input arrays, and the service
-never installs torch.
+Torch-free on purpose (standard library only): the service imports this module to build its input
+arrays, and the service never installs torch.
 
 Two graphs are exported from one checkpoint:
 
