@@ -25,8 +25,8 @@ def model_call(
     On CUDA the call goes through the service's ModelRunner (inputs and output bound on the
     device, the result copied back), which refuses a session that fell back to the CPU."""
     from bench.model_latency import requests
-    from export.onnx_io import make_session, read_metadata
     from contract.schema import FeatureSchema
+    from export.onnx_io import make_session, read_metadata
 
     meta = read_metadata(model)
     schema = FeatureSchema.from_dict(meta["feature_schema"])
