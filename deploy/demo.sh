@@ -8,7 +8,8 @@
 #
 # Everything lands in artifacts/demo/ (git-ignored). A second run reuses the data and the
 # trained checkpoint (the export is redone: it follows the code); delete artifacts/demo/ to start
-# over. Settings by environment variable:
+# over. A $DEMO_DIR/data that model.synth did not write (its meta.json says) is never written
+# into: the demo stops at once, before installing anything. Settings by environment variable:
 #   DEMO_DIR (artifacts/demo), DEMO_EPOCHS (3), DEMO_TRAIN_ROWS (200000),
 #   DEMO_SERVE (1; 0 stops after the export), HOST (127.0.0.1), PORT (8000),
 #   DEMO_REDIS_URL (unset: a redis-server is started on DEMO_REDIS_PORT, 6399, and stopped on exit)
@@ -21,15 +22,23 @@ DEMO_TRAIN_ROWS="${DEMO_TRAIN_ROWS:-200000}"
 VENV="${VENV:-.venv}"
 started=$(date +%s)
 
+# First, with the standard library only (nothing is installed yet): "generated" (model.synth
+# wrote $DEMO_DIR/data: reuse it), "empty" (generate it), or a refusal naming the folder.
+if ! data_state=$("${PYTHON:-python3}" -m model.synth_meta "$DEMO_DIR/data"); then
+  echo "error: demo.sh stopped before installing anything: set DEMO_DIR to another folder" \
+    "or move $DEMO_DIR/data away" >&2
+  exit 2
+fi
+
 bash deploy/install.sh train,serve,load,dev
 PY="$VENV/bin/python"
 
-if [ ! -f "$DEMO_DIR/data/meta.json" ]; then
+if [ "$data_state" = "generated" ]; then
+  echo "== reusing demo data in $DEMO_DIR/data (written by model.synth)"
+else
   echo "== generating demo data in $DEMO_DIR/data"
   "$PY" -m model.synth --out "$DEMO_DIR/data" --items 10000 --users 20000 \
     --train-rows "$DEMO_TRAIN_ROWS" --valid-rows 20000 --test-rows 20000
-else
-  echo "== reusing demo data in $DEMO_DIR/data"
 fi
 
 if [ ! -f "$DEMO_DIR/checkpoint/checkpoint.json" ]; then

@@ -21,17 +21,20 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "creating virtual environment $VENV"
+  echo "install.sh: creating the virtual environment $VENV ($PYTHON)"
   "$PYTHON" -m venv "$VENV"
 fi
 ONNXRUNTIME="${ONNXRUNTIME:-}"
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${EXTRAS//,/-}"
 if [ -n "$ONNXRUNTIME" ]; then stamp="$stamp-$(echo "$ONNXRUNTIME" | sha256sum | cut -c1-8)"; fi
-if [ ! -f "$stamp" ]; then
-  echo "installing the project with extras [$EXTRAS] into $VENV"
+if [ -f "$stamp" ]; then
+  echo "install.sh: $VENV, extras [$EXTRAS]: already installed (stamp $stamp)"
+else
+  echo "install.sh: installing the project with extras [$EXTRAS] into $VENV" \
+    "(pip runs quietly: the first install takes about a minute)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
   if [ -n "$ONNXRUNTIME" ]; then
-    echo "replacing onnxruntime with $ONNXRUNTIME"
+    echo "install.sh: replacing onnxruntime with $ONNXRUNTIME"
     "$VENV/bin/python" -m pip uninstall --quiet --yes onnxruntime
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$ONNXRUNTIME"
   fi

@@ -16,6 +16,7 @@ Choices, deliberately:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -31,10 +32,31 @@ from torch import nn
 from contract.onnx_io import METADATA_KEYS, OUTPUT, contract_json, input_specs
 
 OPSET = 18
+#: The logger of torch.onnx's op registry. Building the registry, it warns once per torchvision op
+#: ("torchvision is not installed. Skipping torchvision::nms", roi_align, ...) when torchvision is
+#: absent; no graph here uses a torchvision op, so those lines say nothing about this export.
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
 
 
 class ExportError(RuntimeError):
     """Export or verification failed; the message says which step and why."""
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops exactly the registry's "torchvision is not installed" warnings; every other record
+    of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+def _quiet_torchvision_notice() -> None:
+    logger = logging.getLogger(_REGISTRY_LOGGER)
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionNotice())
+
+
+_quiet_torchvision_notice()
 
 
 def sample_inputs(graph: str, tags: int, vector_dim: int) -> dict[str, torch.Tensor]:

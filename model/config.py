@@ -183,6 +183,8 @@ def _check_ranges(config: Any) -> None:
         value = getattr(config, f.name)
         if f.name == "dropout" and not 0.0 <= value < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {value}")
+        if f.name == "lr_factor" and not 0.0 <= value < 1.0:  # ReduceLROnPlateau's bound
+            raise ValueError(f"lr_factor must be in [0, 1), got {value}")
         if (
             isinstance(value, int)
             and not isinstance(value, bool)

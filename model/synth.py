@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.schema import DEFAULT_HISTORY_LEN, ITEM_VECTOR_DIM, TAGS_PER_ITEM
+from model.synth_meta import refusal
 
 MAX_TOPICS = 50
 MIN_ITEMS = 10
@@ -600,7 +602,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write (created); one with files in it only if model.synth wrote them "
+        "(its meta.json says so) or with --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into OUT even if it holds files model.synth did not write (files of the same "
+        "names are replaced, others left)",
+    )
     positive = _int_at_least(1)
     parser.add_argument(
         "--items", type=_int_at_least(MIN_ITEMS), default=defaults.items, help="catalogue size"
@@ -631,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         build_parser().error(f"--out {args.out} exists and is not a folder")
+    reason = refusal(args.out)
+    if reason is not None and not args.overwrite:
+        print(f"error: {reason} (--overwrite writes into it anyway)", file=sys.stderr)
+        return 2
     config = SynthConfig(
         items=args.items,
         users=args.users,

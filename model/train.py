@@ -1,9 +1,10 @@
 """Training loop and the ``python -m model.train`` command.
 
 Paper settings (QIN.md): Adam, BCE, L2 on embedding tables and P, gradient-norm clipping, valid AUC
-every epoch, lr halved on an epoch without improvement (floor 1e-6), stop after ``patience`` such
-epochs, best weights kept. Every epoch reseeds its shuffle and dropout from (seed, epoch), so a run
-resumed from ``resume/`` continues exactly as the uninterrupted run would have.
+every epoch, lr halved on an epoch without improvement (floor 1e-6; ``ReduceLROnPlateau``), stop
+after ``patience`` such epochs in a row, best weights kept. Every epoch reseeds its shuffle and
+dropout from (seed, epoch), so a run resumed from ``resume/`` continues exactly as the
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm import tqdm
 
 from contract.dataset import DataError
@@ -49,11 +51,45 @@ class LoopState:
     """What the epoch loop needs to continue after an interruption."""
 
     epoch: int = 0  # next epoch to run
-    lr: float = 0.0
+    lr: float = 0.0  # the optimizer's, as the scheduler left it
     best_auc: float = float("-inf")
     best_epoch: int = -1
+    # Epochs in a row without improvement. A counter of its own: with patience 0 (halve on every
+    # such epoch) the scheduler resets its num_bad_epochs after each cut, so it cannot count them.
     bad_epochs: int = 0
     finished: bool = False
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> ReduceLROnPlateau:
+    """lr × lr_factor (not below lr_floor) after every epoch whose valid AUC is not strictly above
+    the best so far; the first epoch always improves on the initial -inf. threshold 0 makes the
+    improvement strict, eps 0 applies even the last tiny cut to the floor."""
+    return ReduceLROnPlateau(
+        optimizer,
+        mode="max",
+        factor=config.train.lr_factor,
+        patience=0,
+        threshold=0.0,
+        threshold_mode="abs",
+        min_lr=config.train.lr_floor,
+        eps=0.0,
+    )
+
+
+def end_epoch(scheduler: ReduceLROnPlateau, state: LoopState, auc: float, patience: int) -> bool:
+    """Feed the epoch's valid AUC to the scheduler and advance the loop state; returns whether
+    the AUC improved on the best (the caller then keeps these weights)."""
+    best_before = scheduler.best
+    scheduler.step(auc)
+    improved = bool(scheduler.best != best_before)
+    state.lr = float(scheduler.optimizer.param_groups[0]["lr"])
+    if improved:
+        state.best_auc, state.best_epoch, state.bad_epochs = auc, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    state.epoch += 1
+    state.finished = state.bad_epochs >= patience
+    return improved
 
 
 def seed_everything(seed: int) -> None:
@@ -84,11 +120,14 @@ def train_epoch(
     batches = prefetch(rows, lambda r: assemble_batch(split, dataset.items, r))
     loss_fn = nn.BCEWithLogitsLoss()
     total_loss, seen, started = 0.0, 0, time.perf_counter()
+    # A bar redraws itself many times a second: on a terminal only. Into a log or CI, where each
+    # redraw would be a line of its own, one summary line per epoch is written instead.
+    live = progress and sys.stderr.isatty()
     bar = tqdm(
         total=len(split),
         desc=f"epoch {epoch}",
         unit="row",
-        disable=not progress,
+        disable=not live,
         leave=False,
         dynamic_ncols=True,
     )
@@ -111,6 +150,13 @@ def train_epoch(
         )
     bar.close()
     seconds = time.perf_counter() - started
+    if progress and not live:
+        print(
+            f"epoch {epoch}: {seen} rows in {seconds:.1f} s ({seen / seconds:.0f} rows/s), "
+            f"loss {total_loss / max(seen, 1):.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_seconds": seconds,
@@ -163,9 +209,14 @@ def refresh_batch_norm(
 
 
 def save_resume(
-    folder: Path, model: CTRModel, optimizer: torch.optim.Optimizer, state: LoopState
+    folder: Path,
+    model: CTRModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: ReduceLROnPlateau,
+    state: LoopState,
 ) -> None:
-    """Last epoch's weights, Adam moments (safetensors, no pickle) and the loop state."""
+    """Last epoch's weights, Adam moments (safetensors, no pickle), the scheduler's state and the
+    loop state."""
     resume = folder / RESUME_DIR
     resume.mkdir(parents=True, exist_ok=True)
     save_tensors(resume / "last.safetensors", state_for_saving(model))
@@ -177,14 +228,26 @@ def save_resume(
     }
     save_tensors(resume / "optimizer.safetensors", tensors)
     write_json(
-        resume / "state.json", {**state.__dict__, "param_groups": optimizer_state["param_groups"]}
+        resume / "state.json",
+        {
+            **state.__dict__,
+            "param_groups": optimizer_state["param_groups"],
+            "scheduler": scheduler.state_dict(),
+        },
     )
 
 
-def load_resume(folder: Path, model: CTRModel, optimizer: torch.optim.Optimizer) -> LoopState:
+def load_resume(
+    folder: Path,
+    model: CTRModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: ReduceLROnPlateau,
+    log: Any = print,
+) -> LoopState:
     resume = folder / RESUME_DIR
     data = json.loads((resume / "state.json").read_text())
     param_groups = data.pop("param_groups")
+    scheduler_state = data.pop("scheduler", None)
     load_weights(model, resume / "last.safetensors")
     flat = load_file(str(resume / "optimizer.safetensors"))
     slots: dict[int, dict[str, torch.Tensor]] = {}
@@ -192,7 +255,15 @@ def load_resume(folder: Path, model: CTRModel, optimizer: torch.optim.Optimizer)
         index, key = name.split(".", 1)
         slots.setdefault(int(index), {})[key] = tensor
     optimizer.load_state_dict({"state": slots, "param_groups": param_groups})
-    return LoopState(**data)
+    state = LoopState(**data)
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    else:
+        # Written before the scheduler was: its whole state follows from the loop state (with
+        # patience 0 its bad-epoch count is 0 after every step; the lr is in the param groups).
+        scheduler.best, scheduler.last_epoch = state.best_auc, state.epoch
+        log(f"{resume / 'state.json'} predates the lr scheduler: its state rebuilt from the loop's")
+    return state
 
 
 def can_resume(folder: Path, config: RunConfig, fingerprint: str) -> bool:
@@ -202,7 +273,9 @@ def can_resume(folder: Path, config: RunConfig, fingerprint: str) -> bool:
     if not (state_file.is_file() and run_file.is_file()):
         return False
     run = json.loads(run_file.read_text())
-    return bool(run.get("config") == config.to_dict() and run.get("fingerprint") == fingerprint)
+    # Compared as JSON reads it back: tuples (mlp_hidden) come back as lists.
+    same_config = run.get("config") == json.loads(json.dumps(config.to_dict()))
+    return bool(same_config and run.get("fingerprint") == fingerprint)
 
 
 def train(
@@ -224,9 +297,10 @@ def train(
     dataset.split("train")  # validate both splits before spending time
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"
+    scheduler = make_scheduler(optimizer, config)
     state = LoopState(lr=settings.lr)
     if resume and can_resume(out, config, fingerprint):
-        state = load_resume(out, model, optimizer)
+        state = load_resume(out, model, optimizer, scheduler, log)
         log(f"resuming {out} at epoch {state.epoch}")
     else:
         metrics_file.unlink(missing_ok=True)
@@ -240,7 +314,6 @@ def train(
         )
         refresh_batch_norm(model, dataset, config, state.epoch, device)
         scores = evaluate_split(model, valid, dataset.items, settings.eval_batch_size, device)
-        improved = scores["auc"] > state.best_auc
         record = {
             "epoch": state.epoch,
             "lr": state.lr,
@@ -251,17 +324,9 @@ def train(
         with metrics_file.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(json.dumps(record))
-        if improved:
-            state.best_auc, state.best_epoch, state.bad_epochs = scores["auc"], state.epoch, 0
+        if end_epoch(scheduler, state, scores["auc"], settings.patience):
             save_tensors(out / RESUME_DIR / "best.safetensors", state_for_saving(model))
-        else:
-            state.bad_epochs += 1
-            state.lr = max(state.lr * settings.lr_factor, settings.lr_floor)
-            for group in optimizer.param_groups:
-                group["lr"] = state.lr
-        state.epoch += 1
-        state.finished = state.bad_epochs >= settings.patience
-        save_resume(out, model, optimizer, state)
+        save_resume(out, model, optimizer, scheduler, state)
     return finish(out, model, config, dataset, fingerprint, state, device)
 
 

@@ -18,6 +18,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -62,6 +63,10 @@ class Metrics:
     """The service's metrics in one registry; ``render()`` is the ``/metrics`` body."""
 
     def __init__(self) -> None:
+        # No ``*_created`` series (one per counter and histogram child, the time it was made):
+        # nothing here reads them and they double the counters' lines. A process-wide switch of
+        # prometheus_client, set before any metric of the service is made.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(

@@ -118,19 +118,25 @@ class _Refused(Exception):
 
 
 def validation_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A 422 body shaped like FastAPI's: every error located under ``body``."""
+    """A 422 body shaped like FastAPI's: every error located under ``body``. Malformed JSON has
+    the raw body as its input: it is shown as text (undecodable bytes as U+FFFD), not as the
+    ``b'...'`` repr of Python bytes."""
     return {
         "detail": [
             {
                 "type": error["type"],
                 "loc": ["body", *error["loc"]],
                 "msg": error["msg"],
-                "input": error.get("input"),
+                "input": _as_text(error.get("input")),
                 **({"ctx": error["ctx"]} if "ctx" in error else {}),
             }
             for error in errors
         ]
     }
+
+
+def _as_text(value: Any) -> Any:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def key_matches(headers: Mapping[bytes, bytes], expected: bytes) -> bool:

@@ -56,6 +56,7 @@ def test_overrides_are_parsed_by_type() -> None:
         ("qnn_rows=x", "bad value 'x' for qnn_rows"),
         ("attention=sigmoid", "attention"),
         ("dropout=1.5", "dropout must be in [0, 1)"),
+        ("lr_factor=1.0", "lr_factor must be in [0, 1)"),
         ("qnn_layers=0", "qnn_layers must be at least 1"),
         ("lr", "KEY=VALUE"),
         ("model=xgboost", "model must be one of"),

@@ -8,10 +8,13 @@ with hadolint (``.ci/run``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -462,3 +465,55 @@ def test_the_artifacts_job_serves_a_model_of_your_own_as_it_is(tmp_path: Path) -
     assert "model.onnx is not the demo's: serving it as it is" in done.stdout
     assert done.returncode == 2 and "item_info.parquet is missing" in done.stderr
     assert (tmp_path / "model.onnx").read_bytes() == b"a model of your own"
+
+
+# ------------------------------------------------------------------------------------------------
+# install.sh and demo.sh
+
+
+def test_install_says_when_it_has_nothing_to_do(tmp_path: Path) -> None:
+    """A venv whose stamp matches pyproject.toml and the extras is not touched, and install.sh
+    says so, naming the venv, the extras and the stamp."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    stamp = venv / f".installed-{digest}-serve-dev"
+    stamp.touch()
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "install.sh"), "serve,dev"],
+        env={**os.environ, "VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"install.sh: {venv}, extras [serve,dev]: already installed (stamp {stamp})"
+    ]
+    assert sorted(p.name for p in venv.iterdir()) == sorted(["bin", stamp.name])
+
+
+def test_the_demo_stops_at_once_on_a_data_folder_it_did_not_write(tmp_path: Path) -> None:
+    """$DEMO_DIR/data holding someone's parquet file: demo.sh names the folder and stops before
+    installing, generating or training anything; the folder is left byte for byte."""
+    demo = tmp_path / "demo"
+    (demo / "data").mkdir(parents=True)
+    theirs = demo / "data" / "train.parquet"
+    theirs.write_bytes(b"PAR1 someone's data PAR1")
+    venv = tmp_path / "venv"
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "demo.sh")],
+        env={**os.environ, "DEMO_DIR": str(demo), "VENV": str(venv), "DEMO_SERVE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert time.monotonic() - started < 20
+    assert f"{demo / 'data'} holds files and it has no meta.json of model.synth" in done.stderr
+    assert "before installing anything" in done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "demo", "train.parquet"]
+    assert theirs.read_bytes() == b"PAR1 someone's data PAR1"

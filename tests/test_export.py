@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from contract.schema import FeatureSchema
 from export import __main__ as export_cli
 from export import folding, graphs
 from export.graphs import GEMM_ATTENTION_MAX_USERS, ServingGraph, build_graph
-from export.onnx_io import make_session, read_metadata, run_session
+from export.onnx_io import _REGISTRY_LOGGER, make_session, read_metadata, run_session
 from export.parity import Requests, reference, verification_requests
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
@@ -22,6 +25,7 @@ from model.data import Dataset, infer_schema
 from model.factory import build_model
 
 SCHEMA = FeatureSchema(item_vocab=300, tag_vocab=50)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def trained_like(overrides: list[str], seed: int = 0) -> torch.nn.Module:
@@ -298,3 +302,31 @@ def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     argv = ["--checkpoint", str(tmp_path), "--out", str(out), "--verify-data", str(tmp_path)]
     assert export_cli.main(argv) == 2
     assert "checkpoint.json" in capsys.readouterr().err
+
+
+def test_the_command_line_says_nothing_about_torchvision(
+    qin_checkpoint: Path, tmp_path: Path
+) -> None:
+    """torch.onnx warns once per torchvision op when torchvision is absent; those lines are
+    dropped at their logger, and only they: another warning of that logger still passes."""
+    out = tmp_path / "m.onnx"
+    argv = ["--checkpoint", str(qin_checkpoint), "--out", str(out), "--verify-rows", "256"]
+    done = subprocess.run(
+        [sys.executable, "-m", "export", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and json.loads(done.stdout)["parity"]["passed"]
+    assert "torchvision" not in done.stderr, done.stderr
+    registry = logging.getLogger(_REGISTRY_LOGGER)
+
+    def record(message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(
+            _REGISTRY_LOGGER, logging.WARNING, __file__, 1, message, args, None
+        )
+
+    assert not registry.filter(record("torchvision is not installed. Skipping %s", "tv::nms"))
+    assert registry.filter(record("Failed to infer the signature for function '%s'", "f"))

@@ -169,6 +169,8 @@ def test_metrics_count_what_happened(client: httpx.Client, served_model: ServedM
     assert metric(text, "qin_model_info", info) == 1
     # sub-millisecond buckets exist
     assert 'qin_request_duration_seconds_bucket{le="0.00025"}' in text
+    # no *_created series (prometheus_client's creation timestamps)
+    assert [line for line in text.splitlines() if "_created" in line] == []
 
 
 def test_readiness_follows_the_model_and_redis(
@@ -265,6 +267,16 @@ def test_bad_input_is_a_422_naming_the_field(
     assert detail and all("msg" in error for error in detail)
     if field is not None:
         assert any(field in error["loc"] for error in detail), detail
+
+
+def test_malformed_json_is_a_422_showing_the_body_as_text(client: httpx.Client) -> None:
+    for body, shown in [(b'{"user_id": 1,', '{"user_id": 1,'), (b'{"a": "\xff', '{"a": "\ufffd')]:
+        response = client.post("/score", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["type"] == "json_invalid" and error["loc"] == ["body"], error
+        assert error["input"] == shown, error
+        assert "b'" not in response.text
 
 
 class Gate:

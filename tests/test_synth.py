@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from model import synth
+from model import synth, synth_meta
 from model.metrics import roc_auc
 
 TINY = synth.SynthConfig(
@@ -333,3 +334,65 @@ def test_config_validates_directly() -> None:
         synth.SynthConfig(users=0)
     with pytest.raises(ValueError, match="items"):
         synth.SynthConfig(items=3)
+
+
+SMALL = ["--items", "20", "--users", "5", "--train-rows", "60", "--valid-rows", "10"]
+SMALL += ["--test-rows", "10"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_meta_json_is_recognised_as_the_generators_own(tiny_dir: Path, tmp_path: Path) -> None:
+    assert tuple(f.name for f in fields(synth.SynthConfig)) == synth_meta.FIELDS
+    assert synth_meta.written_by_synth(tiny_dir)
+    assert synth_meta.refusal(tiny_dir) is None
+    assert synth_meta.refusal(tmp_path / "missing") is None and synth_meta.refusal(tmp_path) is None
+    (tmp_path / "meta.json").write_text(json.dumps({**asdict(TINY), "source": "MicroLens"}))
+    assert not synth_meta.written_by_synth(tmp_path)
+    assert "its meta.json is not model.synth" in str(synth_meta.refusal(tmp_path))
+
+
+@pytest.mark.parametrize("meta", [None, '{"source": "MicroLens_1M_x1"}', "not json"])
+def test_a_folder_it_did_not_write_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], meta: str | None
+) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2]}), theirs / "train.parquet")
+    if meta is not None:
+        (theirs / "meta.json").write_text(meta)
+    before = _snapshot(theirs)
+    assert synth.main(["--out", str(theirs), *SMALL]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(theirs) in err[0] and "--overwrite" in err[0], err
+    assert _snapshot(theirs) == before
+    # Asked explicitly, it writes its files (the same names replaced, others left).
+    (theirs / "notes.txt").write_text("mine")
+    assert synth.main(["--out", str(theirs), *SMALL, "--overwrite"]) == 0
+    assert (theirs / "train.parquet").read_bytes() != before["train.parquet"]
+    assert (theirs / "notes.txt").read_text() == "mine"
+    assert synth_meta.written_by_synth(theirs)
+
+
+def test_its_own_folder_is_rewritten_and_an_empty_one_written(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    assert synth.main(["--out", str(out), *SMALL]) == 0
+    first = _snapshot(out)
+    assert synth.main(["--out", str(out), *SMALL, "--seed", "3"]) == 0
+    assert _snapshot(out) != first and synth_meta.written_by_synth(out)
+
+
+def test_the_standard_library_check_says_what_a_folder_is(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert synth_meta.main([str(tiny_dir)]) == 0
+    assert synth_meta.main([str(tmp_path / "new")]) == 0
+    assert capsys.readouterr().out.split() == ["generated", "empty"]
+    (tmp_path / "item_info.parquet").write_bytes(b"PAR1")
+    assert synth_meta.main([str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and str(tmp_path) in captured.err
+    assert "no meta.json of model.synth" in captured.err

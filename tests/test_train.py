@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from model.config import build_config
 from model.data import Dataset, assemble_batch, iterate_rows
 from model.evaluate import batch_tensors
 from model.factory import build_model
-from model.train import refresh_batch_norm, train
+from model.train import LoopState, end_epoch, make_scheduler, refresh_batch_norm, train
 
 TINY = ["embedding_dim=8", "vector_dim=8", "batch_size=512", "mlp_hidden=32,16"]
 
@@ -62,7 +63,11 @@ def test_same_seed_same_weights_and_resume_continues_exactly(
     interrupted = tmp_path / "interrupted"
     run(tiny_data, interrupted, [*TINY, "max_epochs=1", "patience=10"])
     shutil.copy(straight / "resume" / "run.json", interrupted / "resume" / "run.json")
-    meta = run(tiny_data, interrupted, [*TINY, "max_epochs=3", "patience=10"])
+    messages: list[str] = []
+    config = build_config("small", [*TINY, "max_epochs=3", "patience=10"])
+    cpu = torch.device("cpu")
+    meta = train(Dataset(tiny_data), config, interrupted, cpu, progress=False, log=messages.append)
+    assert any(m.startswith("resuming") and "epoch 1" in m for m in messages), messages
     assert meta["metrics"]["epochs_run"] == 3
     a = load_file(str(straight / "resume" / "last.safetensors"))
     b = load_file(str(interrupted / "resume" / "last.safetensors"))
@@ -70,6 +75,60 @@ def test_same_seed_same_weights_and_resume_continues_exactly(
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["scheduler-state", "older-state"])
+def test_a_resume_with_lr_cuts_continues_exactly(
+    tiny_data: Path, tmp_path: Path, older: bool
+) -> None:
+    """lr so large that valid AUC stops improving, so the scheduler's best and lr matter: the
+    resumed run has the straight run's lrs and weights, from the scheduler state saved in
+    state.json or, in a state.json written before there was a scheduler (``older``), from the
+    scheduler rebuilt from the loop state."""
+    settings = [*TINY, "lr=0.5", "patience=10"]
+    straight = tmp_path / "straight"
+    run(tiny_data, straight, [*settings, "max_epochs=4"])
+    interrupted = tmp_path / "interrupted"
+    run(tiny_data, interrupted, [*settings, "max_epochs=2"])
+    state_file = interrupted / "resume" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["scheduler"]["best"] == state["best_auc"]
+    if older:
+        del state["scheduler"]
+        state_file.write_text(json.dumps(state))
+    shutil.copy(straight / "resume" / "run.json", interrupted / "resume" / "run.json")
+    messages: list[str] = []
+    config = build_config("small", [*settings, "max_epochs=4"])
+    cpu = torch.device("cpu")
+    train(Dataset(tiny_data), config, interrupted, cpu, progress=False, log=messages.append)
+    assert any("predates the lr scheduler" in m for m in messages) == older, messages
+    assert any("resuming" in m and "epoch 2" in m for m in messages), messages
+    records = [
+        [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for folder in (straight, interrupted)
+    ]
+    lrs = [[r["lr"] for r in rs] for rs in records]
+    assert lrs[0] == lrs[1] and len(lrs[0]) == 4 and lrs[0][-1] < 0.5, lrs
+    a = load_file(str(straight / "resume" / "last.safetensors"))
+    b = load_file(str(interrupted / "resume" / "last.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # and the resumed run wrote the scheduler's state for the next resume
+    assert "scheduler" in json.loads(state_file.read_text())
+
+
+def test_progress_into_a_log_is_one_line_per_epoch(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr is not a terminal here (captured): no bar redraws, one summary line per epoch."""
+    config = build_config("small", [*TINY, "max_epochs=2"])
+    cpu = torch.device("cpu")
+    train(Dataset(tiny_data), config, tmp_path / "ckpt", cpu, progress=True, log=lambda _: None)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "%|" not in err, err
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 0", "epoch 1"], lines
+    assert all("3000 rows in" in line and "rows/s" in line and "loss" in line for line in lines)
 
 
 def test_a_different_config_starts_afresh(tiny_data: Path, tmp_path: Path) -> None:
@@ -90,6 +149,65 @@ def test_lr_halves_on_an_epoch_without_improvement(tiny_data: Path, tmp_path: Pa
         expected = before["lr"] if improved else before["lr"] * 0.5
         assert after["lr"] == pytest.approx(expected)
     assert any(r["lr"] < 0.5 for r in records)
+
+
+def old_rule(
+    aucs: list[float], lr: float, factor: float, floor: float, patience: int
+) -> tuple[list[float], int, int]:
+    """The hand-written rule train() had before ReduceLROnPlateau, verbatim: (lr of each epoch
+    run, epochs run, best epoch)."""
+    best_auc, best_epoch, bad_epochs, epoch, finished, lrs = float("-inf"), -1, 0, 0, False, []
+    while not finished and epoch < len(aucs):
+        lrs.append(lr)
+        if aucs[epoch] > best_auc:
+            best_auc, best_epoch, bad_epochs = aucs[epoch], epoch, 0
+        else:
+            bad_epochs += 1
+            lr = max(lr * factor, floor)
+        epoch += 1
+        finished = bad_epochs >= patience
+    return lrs, epoch, best_epoch
+
+
+NOISY = [0.62, 0.65, 0.64, 0.66, 0.66, 0.63, 0.67, 0.665, 0.668, 0.669, 0.671, 0.66, 0.659, 0.65]
+
+
+@pytest.mark.parametrize(
+    ("aucs", "settings"),
+    [
+        ([0.6 + 0.01 * i for i in range(12)], ["patience=2"]),  # improving: never halved
+        ([0.7] * 12, ["patience=3"]),  # plateau: an equal AUC is no improvement
+        ([0.7, 0.7, 0.71, 0.71, 0.71, 0.72] + [0.6] * 6, ["patience=4"]),
+        (NOISY, ["patience=1"]),
+        (NOISY, ["patience=2"]),
+        (NOISY, ["patience=3", "lr_factor=0.3"]),
+        ([math.nan, 0.6, 0.59, 0.61, math.nan, 0.62, 0.5, 0.5], ["patience=2"]),
+        ([0.7] * 8, ["patience=20", "lr=4e-6"]),  # down to the floor, then held there
+        ([0.7] * 4, ["patience=20", "lr=1.005e-6"]),  # a cut smaller than torch's default eps
+    ],
+    ids=["improving", "plateau", "steps", "noisy-1", "noisy-2", "noisy-3", "nan", "floor", "eps"],
+)
+def test_the_scheduler_halves_and_stops_exactly_as_the_old_rule(
+    aucs: list[float], settings: list[str]
+) -> None:
+    config = build_config("small", settings)
+    train_settings = config.train
+    expected = old_rule(
+        aucs,
+        train_settings.lr,
+        train_settings.lr_factor,
+        train_settings.lr_floor,
+        train_settings.patience,
+    )
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=train_settings.lr)
+    scheduler = make_scheduler(optimizer, config)
+    state = LoopState(lr=train_settings.lr)
+    lrs = []
+    while not state.finished and state.epoch < len(aucs):
+        lrs.append(state.lr)
+        assert optimizer.param_groups[0]["lr"] == state.lr
+        end_epoch(scheduler, state, aucs[state.epoch], train_settings.patience)
+    assert (lrs, state.epoch, state.best_epoch) == expected
 
 
 @pytest.mark.slow  # trains for real on the learnable dataset
