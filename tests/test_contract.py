@@ -16,7 +16,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from service.features.testing import RedisServer
+from tests.support.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
