@@ -1,6 +1,6 @@
 """The one validator of MicroLens_1M_x1 dataset folders, for training and for the bulk feature load.
 
-A dataset is a folder of parquet files (QIN.md, "Data"): ``item_info.parquet`` plus
+A dataset is a folder of parquet files (docs/model.md, "Data"): ``item_info.parquet`` plus
 ``train/valid/test.parquet``. Real challenge data must load unchanged, and a malformed file must
 fail at load time with a message naming the file, the column and the problem
 (``<file>: column '<name>': <problem>``), rather than as an index error deep inside training, a

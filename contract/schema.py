@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-#: Likes and views levels are 1..10 with 0 for unknown (QIN.md), so the vocabulary is 11.
+#: Likes and views levels are 1..10 with 0 for unknown (the QIN paper), so the vocabulary is 11.
 LEVEL_VOCAB = 11
 #: The highest likes/views level.
 LEVEL_MAX = LEVEL_VOCAB - 1
@@ -57,5 +57,5 @@ class FeatureSchema:
         return cls(**data)
 
 
-#: The real MicroLens_1M_x1 vocabularies (QIN.md); the paper preset's parameter count uses them.
+#: The real MicroLens_1M_x1 vocabularies; the paper preset's parameter count uses them.
 MICROLENS_1M = FeatureSchema(item_vocab=91_718, tag_vocab=11_740)

@@ -1,4 +1,4 @@
-"""Exact inference-time rewrites of trained parameters (QIN.md, "Facts that matter for serving").
+"""Exact inference-time rewrites of trained parameters (docs/model.md, "ONNX export").
 
 Each function turns trained modules into plain tensors that compute the same function with less
 work. Products are formed in float64 and rounded once to float32, so a folded weight is as close

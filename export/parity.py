@@ -32,7 +32,7 @@ from model.base import CTRModel
 from model.data import Dataset
 from model.metrics import roc_auc
 
-#: QIN.md / the export contract: fp32 max |Δp| and, for fp16, max |Δp| and the AUC change.
+#: The export contract (docs/model.md): fp32 max |Δp| and, for fp16, max |Δp| and the AUC change.
 FP32_MAX_DIFF = 1e-5
 FP16_MAX_DIFF = 2e-3
 FP16_MAX_AUC_CHANGE = 1e-4

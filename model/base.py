@@ -85,7 +85,7 @@ class CTRModel(nn.Module):
         raise NotImplementedError
 
     def regularised_tables(self) -> list[torch.Tensor]:
-        """Parameters under the L2 penalty (QIN.md): every embedding table and P."""
+        """Parameters under the L2 penalty (the QIN paper): every embedding table and P."""
         return [
             *self.items.regularised_tables(),
             self.likes_embedding.weight,

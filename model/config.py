@@ -20,7 +20,7 @@ PresetName = Literal["small", "paper"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network hyper-parameters (QIN.md). Ablations are chosen here, not by separate classes."""
+    """Network hyper-parameters (as in the QIN paper). Ablations are chosen here, not by classes."""
 
     model: ModelName = "qin"
     embedding_dim: int = 128  # d: id, tag and level embeddings
@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (QIN.md, 'Training')."""
+    """Optimisation settings (the QIN paper's training settings, docs/model.md)."""
 
     lr: float = 2e-3
     batch_size: int = 8192
@@ -77,7 +77,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# Presets. "paper" is QIN.md's configuration; "small" keeps the architecture (ASTA, a QNN of R = 4
+# Presets. "paper" is the paper's setup; "small" keeps the architecture (ASTA, a QNN of R = 4
 # rows) but shrinks widths and the batch so that a CPU trains it in minutes, and has two quadratic
 # layers, not four: at d = 32 on 60,000 to 600,000 generated rows four layers trained slower and
 # ended lower every time (README, "The QNN's shape against the data's size").

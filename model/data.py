@@ -1,6 +1,6 @@
 """Load a MicroLens_1M_x1 dataset folder for training and cut it into unique-item batches.
 
-A dataset is a folder of parquet files (QIN.md, "Data"): ``item_info.parquet`` plus
+A dataset is a folder of parquet files (docs/model.md, "Data"): ``item_info.parquet`` plus
 ``train/valid/test.parquet``. Validation is :mod:`contract.dataset`'s, the same the bulk feature
 load runs: a malformed file fails at load time with a message naming the file, the column and the
 problem. This module turns the validated columns into training arrays: histories right-aligned

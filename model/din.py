@@ -1,7 +1,7 @@
 """DIN, the challenge's official baseline: MLP attention over [t, s, t-s, t*s], then a DNN.
 
 Attention weights are not normalised (no softmax) and padded positions are multiplied by zero,
-as QIN.md describes for the baseline.
+as the challenge describes its baseline.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from torch import nn
 
 from model.config import ActivationKind, AttentionKind
 
-#: QIN.md: embeddings start at N(0, 1e-4) with a zero padding row.
+#: As in the QIN paper: embeddings start at N(0, 1e-4) with a zero padding row.
 EMBEDDING_INIT_STD = 1e-4
 
 
@@ -57,7 +57,7 @@ class ItemEncoder(nn.Module):
         )
 
     def regularised_tables(self) -> list[torch.Tensor]:
-        """The parameters QIN.md puts under L2: embedding tables and the projection P."""
+        """The parameters the QIN paper puts under L2: embedding tables and the projection P."""
         return [
             self.id_embedding.weight,
             self.tag_embedding.weight,

@@ -1,6 +1,6 @@
 """QIN: Adaptive Sparse Target Attention over the history, a Quadratic Neural Network on top.
 
-``z = [c | t | ASTA(t, S, mask)]``, ``p = sigmoid(w · QNN(z) + b)`` (QIN.md). The paper's
+``z = [c | t | ASTA(t, S, mask)]``, ``p = sigmoid(w · QNN(z) + b)`` (the QIN paper). The paper's
 ablations are settings of :class:`~model.config.ModelConfig`: softmax scores, no ASTA, an MLP
 instead of the QNN, ReLU instead of PReLU.
 """

@@ -1,6 +1,6 @@
 """``python -m model.summary``: the network's layers and its parameter count.
 
-Without a dataset the vocabularies are the real MicroLens-1M ones (QIN.md), so the paper preset
+Without a dataset the vocabularies are the real MicroLens-1M ones, so the paper preset
 prints the paper's 31,244,293 parameters.
 """
 

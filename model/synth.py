@@ -1,7 +1,7 @@
 """Synthetic MicroLens_1M_x1-format datasets with planted, known structure.
 
 Why it exists: training, export, serving and the benchmarks all read a dataset folder in the
-challenge format (QIN.md, "Data"), but the real data is large and not shipped with the project.
+challenge format (docs/model.md), but the real data is large and not shipped with the project.
 This module writes such a folder from a seed, at any size, so that everything can run end to end
 offline, and so that model quality is measurable: the labels follow a known process that rewards
 exactly what QIN is built for.
@@ -26,7 +26,7 @@ The planted process (all numpy, vectorised, deterministic by seed):
   times the target's, the product a quadratic layer forms directly and a ReLU MLP can only
   approximate); item popularity; Gaussian noise. The
   intercept is calibrated so that about 30% of rows are clicks. Every history term is a sum over
-  the window, blind to order: the model reads its history without positions (QIN.md), so a term
+  the window, blind to order: the model reads its history without positions, so a term
   that depended on which behaviour came last would be noise to every model here.
 * Rows are ordered by a global time: train is the earliest, then valid, then test, so every user's
   valid/test rows come later in their sequence than their train rows. Rows are shuffled within a
@@ -155,7 +155,7 @@ def n_topics(items: int) -> int:
 
 
 def tag_vocab(items: int) -> int:
-    """Tag vocabulary size including padding tag 0 (QIN.md's schema counts it the same way)."""
+    """Tag vocabulary size including padding tag 0 (as the real data's tag vocabulary counts it)."""
     return max(MIN_TAG_VOCAB, items // 10 + 1)
 
 

@@ -1,6 +1,6 @@
 """Training loop and the ``python -m model.train`` command.
 
-Paper settings (QIN.md): Adam, BCE, L2 on embedding tables and P, gradient-norm clipping, valid AUC
+The QIN paper's settings: Adam, BCE, L2 on embedding tables and P, gradient-norm clipping, valid AUC
 every epoch, lr halved on an epoch without improvement (floor 1e-6; ``ReduceLROnPlateau``), stop
 after ``patience`` such epochs in a row, best weights kept. Every epoch reseeds its shuffle and
 dropout from (seed, epoch), so a run resumed from ``resume/`` continues exactly as the

@@ -1,4 +1,4 @@
-"""The HTTP contract of ``POST /score`` (DESIGN.md), as pydantic models.
+"""The HTTP contract of ``POST /score`` (README, "API"), as pydantic models.
 
 Strict on purpose: ids are JSON integers (``"7"`` or ``7.5`` is a 422, not silently coerced), lists
 align with ``item_ids``, unknown fields are refused (a misspelt ``item_id`` is a 422, not a request
