@@ -197,7 +197,7 @@ class ServiceThread:
 #: The request deadline of the services the tests start: generous, so that on a busy shared
 #: machine a test about batching or correctness never sees a 504 from the 1 s production default.
 #: A test whose subject is the deadline sets its own (``request_timeout_s=...``).
-GENEROUS_DEADLINE_S = 30.0
+GENEROUS_DEADLINE_S = 60.0
 
 
 def service_settings(served: ServedModel, redis_url: str, **overrides: Any) -> Settings:

@@ -63,7 +63,9 @@ def test_degraded_mode_scores_without_redis_and_says_so(
         started = time.monotonic()
         # item 250 was never read by this process: it is scored as an unseen item
         answer = http.post("/score", json={"user_id": user, "item_ids": [*cached, 250]})
-        assert time.monotonic() - started < 1.0
+        # Scored at once, not after the request's (generous) deadline; the error-kind metric below
+        # says it was a refused connection, not a timeout.
+        assert time.monotonic() - started < degraded.settings.request_timeout_s / 2
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["degraded"] is True and body["history_source"] == "unavailable"
@@ -93,7 +95,9 @@ def test_frozen_redis_times_out_fast_and_recovers(
             waited = time.monotonic() - started
             assert slow.status_code == 504, slow.text
             assert slow.json()["error"] == "feature_store_timeout"
-            assert timeout <= waited < timeout + 0.5
+            # Cut by the Redis timeout, not by the request's 60 s deadline (the error code says
+            # which); the upper bound leaves a busy machine room.
+            assert timeout <= waited < service.settings.request_timeout_s / 2
         finally:
             feature_redis.resume()
         assert http.post("/score", json=payload).status_code == 200
@@ -110,7 +114,7 @@ def test_redis_killed_and_restarted_under_load(
     # (sent, answered, status) of every request, in the order they were answered
     Answer = tuple[float, float, int]
 
-    async def scenario() -> tuple[list[Answer], float, float]:
+    async def scenario() -> tuple[list[Answer], float, float, float]:
         answers: list[Answer] = []
         stop = asyncio.Event()
 
@@ -133,6 +137,9 @@ def test_redis_killed_and_restarted_under_load(
             await wait_until_async(
                 lambda: count(503, killed) >= 16, what="16 requests refused while Redis is down"
             )
+            # Redis answers before start() returns (it waits for a PING): a request sent in
+            # between may rightly be scored, so "down" ends when the restart begins.
+            restarting = time.monotonic()
             await asyncio.to_thread(feature_redis.start)
             back = time.monotonic()
             await wait_until_async(
@@ -140,12 +147,12 @@ def test_redis_killed_and_restarted_under_load(
             )
             stop.set()
             await asyncio.gather(*workers)
-        return answers, killed, back
+        return answers, killed, restarting, back
 
-    answers, killed, back = asyncio.run(scenario())
+    answers, killed, restarting, back = asyncio.run(scenario())
     statuses = {status for _, _, status in answers}
     assert statuses <= {200, 503}, statuses  # answered, never 500, never hung
-    during = [s for sent, done, s in answers if killed < sent and done < back]
+    during = [s for sent, done, s in answers if killed < sent and done < restarting]
     assert during and set(during) == {503}, "a request was scored without Redis"
     # recovered at once: every request sent after Redis was back, and every one answered after
     # the first success, is scored (a stale pooled connection is replaced, not reported)

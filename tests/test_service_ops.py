@@ -297,9 +297,10 @@ def test_sighup_reloads_the_model_file(
 def test_sigterm_drains_accepted_requests_then_exits(
     served_model: ServedModel, feature_redis: RedisServer
 ) -> None:
-    # A long batch wait keeps the requests queued when the signal arrives: the batch closes 3 s
-    # after the first of them is queued, so the drain is what answers them.
-    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=3000)
+    # A long batch wait keeps the requests queued when the signal arrives: the batch closes 10 s
+    # after the first of them is queued (time enough to queue 30 on a busy machine; the request
+    # deadline is 60 s), so the drain is what answers them.
+    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=10000)
     service = ServiceProcess(env)
     try:
         service.wait_ready()
