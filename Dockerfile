@@ -72,7 +72,7 @@ USER 10001:10001
 EXPOSE 8000
 # Liveness only: readiness (model warmed, Redis live) is /readyz, which compose waits on.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
+    CMD ["python", "-m", "service.healthcheck", "/healthz"]
 CMD ["python", "-m", "service"]
 
 # ---------------------------------------------------------------------------------------------
