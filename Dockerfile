@@ -93,8 +93,11 @@ COPY service service/
 # trains on the CPU). The load extra because the job loads the features; the dev extra too,
 # because deploy/demo.sh runs install.sh with train,serve,load,dev: with the same extras that run
 # finds its stamp and installs nothing.
+# TORCH_INDEX_URL empty: torch from pip's own configuration (a host without PyTorch's index).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash deploy/install.sh train,serve,load,dev
+    if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi \
+    && bash deploy/install.sh train,serve,load,dev
 COPY deploy deploy/
 RUN useradd --system --uid 10001 --user-group --create-home qin \
     && mkdir /models \
