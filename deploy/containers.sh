@@ -168,6 +168,7 @@ stage "base images"
 mkdir -p "$CACHE"
 MIRROR="${DEBIAN_MIRROR:-}"
 if [ -z "$MIRROR" ]; then
+  # shellcheck disable=SC2016  # apt's own $(FIELD) syntax, not the shell's
   MIRROR=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
     | awk -v suite="$SUITE" '$2 == suite { print $1; exit }')
 fi
@@ -280,8 +281,7 @@ old_serve=$(image_id qin-service:cpu)
 podman build --layers "${BUILD_MOUNTS[@]}" --target serve --build-arg DEVICE=cpu \
   --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t qin-service:cpu . >"$WORK/build-serve.log" 2>&1 \
   || { tail -40 "$WORK/build-serve.log" >&2; fail "podman build --target serve"; }
-grep -E '^(STEP|--> Using cache)' "$WORK/build-serve.log" | grep -c 'Using cache' \
-  | xargs -I{} echo "{} cached layers"
+echo "$(grep -c -- '--> Using cache' "$WORK/build-serve.log" || true) layers from podman's cache"
 
 drop_superseded "$old_serve" qin-service:cpu
 
@@ -291,6 +291,7 @@ podman build --layers "${BUILD_MOUNTS[@]}" --target train \
   --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
   -t qin-train . >"$WORK/build-train.log" 2>&1 \
   || { tail -40 "$WORK/build-train.log" >&2; fail "podman build --target train"; }
+echo "$(grep -c -- '--> Using cache' "$WORK/build-train.log" || true) layers from podman's cache"
 
 drop_superseded "$old_train" qin-train
 
@@ -373,6 +374,11 @@ wait_healthy service
 stage "prometheus up"
 up prometheus
 wait_healthy prometheus
+for service in redis service prometheus; do
+  uid=$(podman exec "${PROJECT}_${service}_1" id -u) || fail "id -u in $service"
+  [ "$uid" != 0 ] || fail "the $service container runs as root"
+done
+echo "redis, service and prometheus run as non-root users"
 
 # A user and items the loaded features know: read from Redis inside the stack.
 REDIS=(podman exec "${PROJECT}_redis_1" redis-cli --no-raw)
