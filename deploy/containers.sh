@@ -10,9 +10,10 @@
 # stack of the project's own docker-compose.yml with deploy/local/docker-compose.local.yml on top
 # (which only swaps in the local Redis and Prometheus images) and without Grafana (no image of it
 # can be had here: every dashboard query is evaluated against the stack's Prometheus instead).
-# Then: POST /score from the host, Prometheus' scrape, the dashboard's queries, the service killed
-# and restarted by its restart policy, Redis restarted with its features kept, a start without
-# GRAFANA_ADMIN_PASSWORD refused. Everything it started is removed on exit, success or not; the
+# Then: POST /score from the host, Prometheus' scrape, the dashboard's queries, the service's
+# process killed (a crash) and the container restarted by its restart policy, Redis restarted with
+# its features kept, a start without GRAFANA_ADMIN_PASSWORD refused, non-root users, no torch in
+# the serving image. Everything it started is removed on exit, success or not; the
 # images and the base cache stay.
 #
 # Environment: QIN_CONTAINERS_CACHE (/var/cache/qin-containers for root, else
