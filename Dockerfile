@@ -72,7 +72,7 @@ USER 10001:10001
 EXPOSE 8000
 # Liveness only: readiness (model warmed, Redis live) is /readyz, which compose waits on.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
+    CMD ["python", "-m", "service.healthcheck", "/healthz"]
 CMD ["python", "-m", "service"]
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +93,11 @@ COPY service service/
 # trains on the CPU). The load extra because the job loads the features; the dev extra too,
 # because deploy/demo.sh runs install.sh with train,serve,load,dev: with the same extras that run
 # finds its stamp and installs nothing.
+# TORCH_INDEX_URL empty: torch from pip's own configuration (a host without PyTorch's index).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash deploy/install.sh train,serve,load,dev
+    if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi \
+    && bash deploy/install.sh train,serve,load,dev
 COPY deploy deploy/
 RUN useradd --system --uid 10001 --user-group --create-home qin \
     && mkdir /models \

@@ -273,6 +273,9 @@ def test_every_service_is_health_checked_or_the_one_shot_job() -> None:
             assert service["restart"] == "no" and "healthcheck" not in service
         else:
             assert service["healthcheck"]["test"][0] == "CMD", f"{name} has no healthcheck"
+            # podman-compose 1.0.3 joins the words into one unquoted shell line: plain words only.
+            for word in service["healthcheck"]["test"][1:]:
+                assert re.fullmatch(r"[\w./:=-]+", word), f"{name}: {word!r} is not a plain word"
             assert service["restart"] == "unless-stopped"
         for needed, need in service.get("depends_on", {}).items():
             assert needed in services
@@ -433,6 +436,101 @@ def test_the_serving_image_serves_on_all_interfaces_with_a_health_check() -> Non
     assert serve.all("EXPOSE") == ["8000"]
     assert {"HOST=0.0.0.0", "MODEL_PATH=/models/model.onnx"} <= serve.env
     assert serve.all("CMD") == ['["python", "-m", "service"]']
+
+
+def test_the_health_check_command_answers_for_the_service(service: ServiceThread) -> None:
+    from service.healthcheck import main
+
+    assert main([f"{service.url}/healthz"]) == 0
+    assert main([f"{service.url}/no-such-page"]) == 1
+    assert main(["http://127.0.0.1:9/healthz"]) == 1  # nothing listens on the discard port
+    assert main([]) == 2
+
+
+def dockerfile_args() -> dict[str, str]:
+    """The global ARGs (before the first FROM) and their defaults."""
+    args: dict[str, str] = {}
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("FROM "):
+            break
+        if line.startswith("ARG "):
+            name, _, default = line[4:].strip().partition("=")
+            args[name] = default
+    return args
+
+
+def test_the_gpu_image_differs_from_the_cpu_image_only_in_base_and_onnxruntime() -> None:
+    """The GPU image cannot be built without NVIDIA's base (deploy/containers.sh builds the CPU
+    one): what it adds to the CPU image is only its base (with a Python) and onnxruntime-gpu."""
+    stages = dockerfile_stages()
+    gpu, cpu = stages["python-gpu"], stages["python-cpu"]
+    assert gpu.base == "${CUDA_IMAGE}" and cpu.base == "${PYTHON_IMAGE}"
+    assert dockerfile_args()["DEVICE"] in {"cpu", "gpu"}
+    # The CUDA image has no Python: its stage installs one and nothing else.
+    (run,) = gpu.all("RUN")
+    installed = re.search(r"apt-get install -y --no-install-recommends ([\w. -]+?)(?:&&|$)", run)
+    assert installed is not None and installed.group(1).split() == ["python3", "python3-venv"]
+    assert [i for i, _ in gpu.instructions] == ["RUN"] and cpu.instructions == []
+    for name in ("serve-builder", "serve"):
+        assert stages[name].base == "python-${DEVICE}", name
+    # Of everything built on python-${DEVICE}, only the onnxruntime swap reads DEVICE.
+    uses = [
+        (name, args)
+        for name in ("serve-builder", "serve")
+        for keyword, args in stages[name].instructions
+        if "DEVICE" in args and keyword != "ARG"
+    ]
+    assert len(uses) == 1, uses
+    assert 'if [ "$DEVICE" = gpu ]; then export ONNXRUNTIME="$ONNXRUNTIME_GPU"; fi' in uses[0][1]
+    (onnxruntime_gpu,) = [a for a in stages["serve-builder"].all("ARG") if "ONNXRUNTIME_GPU" in a]
+    assert onnxruntime_gpu.startswith("ONNXRUNTIME_GPU=onnxruntime-gpu==")
+
+
+def test_the_dockerfile_defaults_to_the_public_bases() -> None:
+    """Local bases (deploy/containers.sh) are build arguments; real hosts get the public ones."""
+    args = dockerfile_args()
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:") and "cudnn-runtime" in args["CUDA_IMAGE"]
+    (torch_index,) = [a for a in dockerfile_stage("train").all("ARG") if "TORCH_INDEX_URL" in a]
+    assert torch_index == "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
+    assert "localhost/" not in DOCKERFILE.read_text()
+
+
+LOCAL = ROOT / "deploy" / "local"
+CONTAINERS_SH = ROOT / "deploy" / "containers.sh"
+
+
+def test_the_local_override_only_swaps_images() -> None:
+    """deploy/containers.sh runs docker-compose.yml itself: its override swaps in local images of
+    the public ones (Redis, Prometheus) and nothing else, and every service but Grafana runs."""
+    services = compose_services()
+    override = load_yaml(LOCAL / "docker-compose.local.yml")
+    assert set(override) == {"services"}
+    assert set(override["services"]) == {"redis", "prometheus"}
+    for name, service in override["services"].items():
+        assert set(service) == {"image"}, name
+        assert service["image"].startswith("localhost/qin-local/"), name
+        assert "build" not in services[name], f"{name} is built by the Dockerfile: no swap"
+    started = re.search(r"^SERVICES=\(([^)]*)\)$", CONTAINERS_SH.read_text(), re.MULTILINE)
+    assert started is not None
+    assert set(started.group(1).split()) == set(services) - {"grafana"}
+    # The images the project builds are the compose file's own names.
+    script = CONTAINERS_SH.read_text()
+    for name in ("artifacts", "service"):
+        assert f"-t {services[name]['image']} ." in script, name
+
+
+def test_the_local_bases_are_chosen_by_build_arguments() -> None:
+    """The script builds the serving and train images with the Dockerfile's own stages, choosing
+    only PYTHON_IMAGE (and the torch index); the local base images start from the local rootfs."""
+    script = CONTAINERS_SH.read_text()
+    assert "--target serve --build-arg DEVICE=cpu" in script
+    assert "--target train" in script
+    assert "--build-arg PYTHON_IMAGE=" in script
+    assert "-f Dockerfile" not in script  # the Dockerfile found in the context, as it is
+    for path in LOCAL.glob("*.Containerfile"):
+        bases = re.findall(r"^FROM (\S+)", path.read_text(), re.MULTILINE)
+        assert bases and all(base.startswith("${") for base in bases), path.name
 
 
 # ------------------------------------------------------------------------------------------------
