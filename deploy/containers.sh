@@ -16,10 +16,10 @@
 # the serving image. Everything it started is removed on exit, success or not; the
 # images and the base cache stay.
 #
-# Environment: QIN_CONTAINERS_CACHE (/var/cache/qin-containers for root, else
-# ~/.cache/qin-containers), DEBIAN_MIRROR (the host apt's), DEMO_EPOCHS (1), DEMO_TRAIN_ROWS
-# (20000), SERVICE_PORT (18000), PROMETHEUS_PORT (19090), QIN_CONTAINERS_TIMEOUT (seconds each
-# wait may take, 900).
+# Environment: TORCH_INDEX_URL (unset: torch from the host's pip indexes), QIN_CONTAINERS_CACHE
+# (/var/cache/qin-containers for root, else ~/.cache/qin-containers), DEBIAN_MIRROR (the host
+# apt's), DEMO_EPOCHS (1), DEMO_TRAIN_ROWS (20000), SERVICE_PORT (18000), PROMETHEUS_PORT (19090),
+# QIN_CONTAINERS_TIMEOUT (seconds each wait may take, 900).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -173,7 +173,7 @@ if [ -z "$MIRROR" ]; then
   MIRROR=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
     | awk -v suite="$SUITE" '$2 == suite { print $1; exit }')
 fi
-MIRROR="${MIRROR:-http://deb.debian.org/debian/}"
+[ -n "$MIRROR" ] || fail "no $SUITE archive in apt's sources: set DEBIAN_MIRROR to a Debian mirror URL"
 # The rootfs: minbase and ca-certificates of $SUITE from $MIRROR. Keyed by what goes in (the key
 # changes with the recipe, not with the archive's daily updates: delete the cache to refresh).
 rootfs_key=$(printf 'v1 minbase %s %s ca-certificates\n' "$SUITE" "$MIRROR" | sha256sum | cut -c1-16)
@@ -260,13 +260,11 @@ done < <(sed -n 's/^\([a-z-]*\) = /\1 /p' "$WORK/pip.conf")
 BUILD_MOUNTS+=(--volume "$WORK/pip.conf:/etc/pip.conf:ro")
 echo "pip in the builds: $(grep -c ' = ' "$WORK/pip.conf") settings of the host's pip," \
   "$((${#BUILD_MOUNTS[@]} / 2 - 1)) local folders mounted"
-# The PyTorch CPU index of the Dockerfile's default, when it can be reached; otherwise the train
-# image's torch comes from the indexes above.
-TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-if ! curl -fsS -o /dev/null --max-time 10 "$TORCH_INDEX_URL/" 2>/dev/null; then
-  echo "$TORCH_INDEX_URL cannot be reached: torch from pip's configured indexes"
-  TORCH_INDEX_URL=""
-fi
+# The train image's torch: from the indexes above (the host's pip configuration), unless
+# TORCH_INDEX_URL names an extra index (the Dockerfile's own default is PyTorch's CPU index, which
+# a host without it cannot reach; no probe of it is made here).
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
+echo "torch for the train image: ${TORCH_INDEX_URL:-from the configured pip indexes}"
 
 # A rebuilt image leaves its predecessor untagged (1-2 GB each): removed once superseded.
 image_id() { podman image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
