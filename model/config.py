@@ -80,7 +80,7 @@ class RunConfig:
 # Presets. "paper" is the paper's setup; "small" keeps the architecture (ASTA, a QNN of R = 4
 # rows) but shrinks widths and the batch so that a CPU trains it in minutes, and has two quadratic
 # layers, not four: at d = 32 on 60,000 to 600,000 generated rows four layers trained slower and
-# ended lower every time (README, "The QNN's shape against the data's size").
+# ended lower every time (docs/research.md, "The QNN's shape against the data's size").
 _PRESETS: dict[tuple[PresetName, ModelName], dict[str, Any]] = {
     ("paper", "qin"): {},
     ("paper", "din"): {

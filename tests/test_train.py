@@ -222,7 +222,7 @@ def test_qin_beats_the_mlp_ablation(learnable_data: Path, tmp_path: Path) -> Non
     """The generator's strongest term is a bilinear form of the relevant behaviours' vectors and
     the target's: a quadratic layer forms such products directly, an MLP only approximates them.
     Six epochs (best kept) on 60,000 rows: QIN led on every data and training seed tried, by
-    0.0017 to 0.0059 valid AUC (README, "Short runs"); after two epochs the lead is smaller."""
+    0.0017 to 0.0059 valid AUC (docs/model.md, "Short runs"); after two epochs it is smaller."""
     common = ["max_epochs=6", "batch_size=1024"]
     qin = run(learnable_data, tmp_path / "qin", common)["metrics"]["valid"]["auc"]
     mlp = run(learnable_data, tmp_path / "mlp", [*common, "interaction=mlp"])

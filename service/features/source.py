@@ -1,6 +1,6 @@
 """Read a MicroLens-format dataset folder into the feature set a bulk load writes.
 
-The rules (also in the README):
+The rules (also in docs/operations.md, "Feature store"):
 
 * **Item features**: tags and vectors from ``item_info.parquet``.
 * **Item levels**: an item's likes/views levels are attributes carried on the rows where it is the
