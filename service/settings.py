@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,14 @@ class Settings(BaseSettings):
         description=(
             "Redis holding the feature store: redis://[:password@]host:port/db, or rediss:// "
             "for TLS (see REDIS_TLS_*)."
+        ),
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description=(
+            "REDIS_URL names one seed node of a Redis Cluster (redis:// or rediss://, db 0): "
+            "the client discovers the others, follows MOVED/ASK redirects and failovers, and "
+            "sends each request's reads to every node it needs in parallel."
         ),
     )
     redis_tls_ca_file: Path | None = Field(
@@ -255,6 +264,25 @@ class Settings(BaseSettings):
         for name, path in files.items():
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_url_fits(self) -> Settings:
+        url = self.redis_url
+        scheme = url.split("://", 1)[0]
+        if "cluster=" in url.partition("?")[2]:
+            raise ValueError("REDIS_URL: say REDIS_CLUSTER=true instead of a cluster= parameter")
+        if not self.redis_cluster:
+            return self
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(
+                f"REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL, not {scheme}://"
+            )
+        database = urlsplit(url).path.strip("/")
+        if database not in ("", "0"):
+            raise ValueError(
+                f"REDIS_CLUSTER: a Redis Cluster has only db 0, REDIS_URL names db {database}"
+            )
         return self
 
     @model_validator(mode="after")
