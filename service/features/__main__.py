@@ -4,9 +4,9 @@
     python -m service.features append --user U --item I [I ...] [--redis-url URL]
     python -m service.features info [--redis-url URL]
 
-Defaults come from the environment (service.settings: REDIS_URL, FEATURE_KEY_PREFIX,
-FEATURE_VERSIONS_KEPT, HISTORY_LEN, REDIS_TIMEOUT_S). Bad input, bad data and an unreachable
-Redis end with one line on stderr and exit code 2, never a traceback.
+Defaults come from the environment (service.settings: REDIS_URL, REDIS_CLUSTER,
+FEATURE_KEY_PREFIX, FEATURE_VERSIONS_KEPT, HISTORY_LEN, REDIS_TIMEOUT_S). Bad input, bad data
+and an unreachable Redis end with one line on stderr and exit code 2, never a traceback.
 
 ``load`` reads parquet, so it needs the ``load`` extra (pyarrow, tqdm); its loader is imported
 only when it runs, and ``append`` and ``info`` work on a serving install without it.
@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pydantic
+import redis
 
 from service.settings import Settings
 
-from .client import DEFAULT_CHUNK, connect
+from .client import DEFAULT_CHUNK, SyncClient, connect
 from .errors import FeatureStoreError, translating
 from .layout import Keys
 from .store import FeatureStore
@@ -63,6 +64,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", default=settings.redis_url, help="Redis to use (REDIS_URL)")
+    common.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=settings.redis_cluster,
+        help="the URL is a seed node of a Redis Cluster (REDIS_CLUSTER)",
+    )
     common.add_argument(
         "--prefix", default=settings.feature_key_prefix, help="key prefix (FEATURE_KEY_PREFIX)"
     )
@@ -147,6 +154,7 @@ def run_load(args: argparse.Namespace, settings: Settings) -> int:
         timeout_s=args.timeout,
         progress=not args.no_progress,
         tls=settings.redis_tls(args.redis_url),
+        cluster=args.cluster,
     )
     write_s = report.items_s + report.users_s
     print(
@@ -161,7 +169,11 @@ def run_load(args: argparse.Namespace, settings: Settings) -> int:
 def run_append(args: argparse.Namespace, settings: Settings) -> int:
     async def append() -> None:
         config = settings.model_copy(
-            update={"redis_url": args.redis_url, "feature_key_prefix": args.prefix}
+            update={
+                "redis_url": args.redis_url,
+                "redis_cluster": args.cluster,
+                "feature_key_prefix": args.prefix,
+            }
         )
         store = FeatureStore.from_settings(config)
         try:
@@ -179,14 +191,16 @@ def run_append(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_info(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(args.prefix)
-    client = connect(args.redis_url, ADMIN_TIMEOUT_S, settings.redis_tls(args.redis_url))
+    client = connect(
+        args.redis_url, ADMIN_TIMEOUT_S, settings.redis_tls(args.redis_url), cluster=args.cluster
+    )
     try:
         with translating(args.redis_url, "reading store info"):
             live = client.get(keys.live)
             loading = client.get(keys.loading)
             versions = cast(list[bytes], client.zrange(keys.versions, 0, -1))
             metas = {v.decode(): client.hgetall(keys.meta(v.decode())) for v in versions}
-            memory = client.info("memory").get("used_memory_human")
+            memory = _used_memory(client)
     finally:
         client.close()
     info: dict[str, Any] = {
@@ -200,6 +214,14 @@ def run_info(args: argparse.Namespace, settings: Settings) -> int:
     }
     print(json.dumps(info, indent=2))
     return 0
+
+
+def _used_memory(client: SyncClient) -> str | dict[str, str]:
+    """used_memory_human of the Redis, or of each master of a cluster (by host:port)."""
+    if isinstance(client, redis.RedisCluster):
+        per_node = client.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+        return {node: info.get("used_memory_human") for node, info in sorted(per_node.items())}
+    return cast(str, client.info("memory").get("used_memory_human"))
 
 
 def _text(value: Any) -> str | None:

@@ -49,6 +49,19 @@ def redacted(url: str) -> str:
         return "<invalid Redis URL>"
 
 
+#: Redis Cluster's own failures: its topology is changing or part of it is down (CLUSTERDOWN,
+#: redirects that did not settle, a slot nobody serves, no reachable node). All are "retry
+#: shortly", like a single Redis that cannot be reached. RedisClusterException is not a RedisError.
+CLUSTER_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # MovedError is an AskError
+    redis.exceptions.RedisClusterException,
+)
+
+
 def translate(exc: BaseException, url: str, operation: str) -> FeatureStoreError:
     """The domain error for an exception raised by redis-py while doing ``operation``.
 
@@ -60,6 +73,10 @@ def translate(exc: BaseException, url: str, operation: str) -> FeatureStoreError
         return StoreTimeout(f"Redis at {where} did not answer in time while {operation}")
     if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
         return StoreUnavailable(f"cannot reach Redis at {where} while {operation}: {exc}")
+    if isinstance(exc, CLUSTER_ERRORS):
+        return StoreUnavailable(
+            f"the Redis Cluster at {where} cannot serve while {operation}: {_first_line(exc)}"
+        )
     if isinstance(exc, redis.exceptions.ResponseError):
         message = str(exc)
         if "NOLIVE" in message:
@@ -71,7 +88,16 @@ def translate(exc: BaseException, url: str, operation: str) -> FeatureStoreError
             return CorruptRecord(f"a feature key has the wrong Redis type while {operation}")
         if message.startswith("CORRUPT"):
             return CorruptRecord(f"{message.removeprefix('CORRUPT ')} (while {operation})")
-    return FeatureStoreError(f"Redis at {where} failed while {operation}: {exc}")
+    return FeatureStoreError(f"Redis at {where} failed while {operation}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message without what redis-py appends (a pipeline's command and its raw,
+    possibly binary, arguments), at most 200 characters."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if text.startswith("Command # ") and "caused error: " in text:
+        text = text.rsplit("caused error: ", 1)[1]
+    return text[:200]
 
 
 @contextmanager
@@ -79,5 +105,10 @@ def translating(url: str, operation: str) -> Iterator[None]:
     """Turn redis-py and socket exceptions raised inside the block into domain errors."""
     try:
         yield
-    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+    except (
+        TimeoutError,
+        redis.exceptions.RedisError,
+        redis.exceptions.RedisClusterException,
+        OSError,
+    ) as exc:
         raise translate(exc, url, operation) from exc

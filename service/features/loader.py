@@ -21,6 +21,12 @@ Appends during a load: the append script logs every append made while the marker
 the switch. Appends made before the load began are expected to be in its dataset (the offline
 export), so they are not carried over.
 
+Redis Cluster (a ``RedisCluster`` client): every command and script touches one slot. Writes,
+marker refreshes and clean-up are single-key commands (grouped per node by the cluster
+pipeline); the replay pops the log and rewrites each history with a one-key script, and the
+switch (a ``{P}``-slot script) refuses while the log still holds appends, in which case the
+loader replays again: a reader sees the old version or the new one, never half.
+
 Needs pyarrow and tqdm (the ``load`` extra); the service never imports this module.
 """
 
@@ -38,18 +44,19 @@ import redis.exceptions
 from redis.typing import EncodableT, FieldT
 from tqdm import tqdm
 
-from .client import DEFAULT_CHUNK, connect
+from .client import DEFAULT_CHUNK, SyncClient, connect
 from .errors import FeatureStoreError, LoadError, redacted, translating
 from .layout import ITEM_RECORD_BYTES, LAYOUT_FORMAT, USER_BUCKETS, Keys
-from .scripts import BEGIN, DRAIN, REFRESH, RELEASE, SWITCH
+from .scripts import APPLY, BEGIN, DRAIN, REFRESH, RELEASE, SWITCH, SWITCH_DRAINED
 from .source import FeatureSet, read_feature_set
 
 #: HSET commands per pipeline flush (about 8 MB of item records at the default chunk).
 COMMANDS_PER_FLUSH = 32
 #: Appends replayed per DRAIN call before the switch replays the rest.
 DRAIN_BATCH = 1000
-#: Keys per UNLINK when deleting a version.
-UNLINK_BATCH = 512
+#: Cluster mode: replay-and-switch rounds before giving up (each round replays what appends
+#: logged during the previous one; only a sustained append storm needs more than two).
+SWITCH_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class BulkLoader:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         prefix: str,
         *,
         url: str = "",
@@ -87,6 +94,7 @@ class BulkLoader:
         if chunk < 1:
             raise ValueError(f"chunk must be positive, got {chunk}")
         self.client = client
+        self.cluster = isinstance(client, redis.RedisCluster)
         self.keys = Keys(prefix)
         self.url = url or _client_url(client)
         self.keep = keep
@@ -96,6 +104,8 @@ class BulkLoader:
         self._begin = client.register_script(BEGIN)
         self._drain = client.register_script(DRAIN)
         self._switch = client.register_script(SWITCH)
+        self._switch_drained = client.register_script(SWITCH_DRAINED)
+        self._refresh = client.register_script(REFRESH)
         self._release = client.register_script(RELEASE)
 
     # ----------------------------------------------------------------------------------------
@@ -185,24 +195,12 @@ class BulkLoader:
 
         Returns (previous live version, appends replayed, versions removed).
         """
-        keys, tag = self.keys, self.keys.tag
         with translating(self.url, f"switching to version {version}"):
-            replayed = 0
-            while True:
-                count = int(
-                    self._drain(
-                        keys=[keys.pending(version)],
-                        args=[keys.prefix, tag, version, DRAIN_BATCH],
-                    )
-                )
-                replayed += count
-                if count < DRAIN_BATCH:
-                    break
             try:
-                previous, last = self._switch(
-                    keys=[keys.live, keys.loading, keys.pending(version), keys.meta(version)],
-                    args=[keys.prefix, tag, version, int(time.time())],
-                )
+                if self.cluster:
+                    previous, replayed = self._replay_then_switch(version)
+                else:
+                    previous, replayed = self._replay_and_switch(version)
             except redis.exceptions.ResponseError as exc:
                 if "LOADLOST" in str(exc):
                     raise LoadError(
@@ -212,7 +210,64 @@ class BulkLoader:
                     ) from exc
                 raise
         removed = self.remove_old_versions(version)
-        return (previous.decode() or None), replayed + int(last), removed
+        return (previous.decode() or None), replayed, removed
+
+    def _replay_and_switch(self, version: str) -> tuple[bytes, int]:
+        """One Redis: replay in batches, then one script replays the rest and switches."""
+        keys, tag = self.keys, self.keys.tag
+        replayed = 0
+        while True:
+            count = int(
+                self._drain(
+                    keys=[keys.pending(version)], args=[keys.prefix, tag, version, DRAIN_BATCH]
+                )
+            )
+            replayed += count
+            if count < DRAIN_BATCH:
+                break
+        previous, last = self._switch(
+            keys=[keys.live, keys.loading, keys.pending(version), keys.meta(version)],
+            args=[keys.prefix, tag, version, int(time.time())],
+        )
+        return previous, replayed + int(last)
+
+    def _replay_then_switch(self, version: str) -> tuple[bytes, int]:
+        """Redis Cluster: replay the log (one-slot steps), switch only if it stayed empty."""
+        keys = self.keys
+        limit = int(cast(bytes, self.client.hget(keys.meta(version), "history_len")))
+        replayed = 0
+        for _ in range(SWITCH_ROUNDS):
+            replayed += self._replay(version, limit)
+            try:
+                previous = self._switch_drained(
+                    keys=[keys.live, keys.loading, keys.pending(version), keys.meta(version)],
+                    args=[version, int(time.time())],
+                )
+            except redis.exceptions.ResponseError as exc:
+                if str(exc).startswith("PENDING"):
+                    continue  # appends arrived after the replay: replay them too
+                raise
+            return cast(bytes, previous), replayed
+        raise LoadError(
+            f"version {version} was not switched: appends kept arriving faster than "
+            f"{SWITCH_ROUNDS} replays could take them; run the load again"
+        )
+
+    def _replay(self, version: str, limit: int) -> int:
+        """Pop the pending log in batches and apply each entry to its history (Cluster)."""
+        keys, replayed = self.keys, 0
+        while True:
+            entries = cast(list[bytes] | None, self.client.lpop(keys.pending(version), DRAIN_BATCH))
+            if entries:
+                pipe = self.client.pipeline(transaction=False)
+                for entry in entries:
+                    user, bucket, items = entry.split(b":", 2)
+                    history = keys.bucket(version, int(bucket))
+                    pipe.execute_command("EVAL", APPLY, 1, history, user, items, limit)
+                pipe.execute()
+                replayed += len(entries)
+            if not entries or len(entries) < DRAIN_BATCH:
+                return replayed
 
     def remove_old_versions(self, live: str) -> list[str]:
         """Delete versions older than ``live`` beyond the ``keep - 1`` newest complete ones.
@@ -236,11 +291,15 @@ class BulkLoader:
         return removed
 
     def delete_version(self, version: str) -> None:
-        """UNLINK every key the version can own and unregister it."""
-        names = self.keys.version_keys(version)
+        """UNLINK every key the version can own and unregister it.
+
+        One key per UNLINK, pipelined: on Cluster the keys live in different slots (the cluster
+        pipeline sends each node its own); on one Redis it costs a few milliseconds more than
+        batches of keys would, for one code path.
+        """
         pipe = self.client.pipeline(transaction=False)
-        for low in range(0, len(names), UNLINK_BATCH):
-            pipe.unlink(*names[low : low + UNLINK_BATCH])
+        for name in self.keys.version_keys(version):
+            pipe.unlink(name)
         pipe.zrem(self.keys.versions, version)
         pipe.execute()
 
@@ -316,11 +375,14 @@ class _PipelinedWriter:
         if not self.queued:
             return
         loader = self.loader
-        keys = loader.keys
-        self.pipe.eval(REFRESH, 1, keys.loading, self.version, loader.marker_ttl_ms)
         with translating(loader.url, f"writing version {self.version}"):
-            replies = self.pipe.execute()
-        if replies[-1] != 1:
+            self.pipe.execute()
+            # Its own call, not in the pipeline: a cluster pipeline takes no scripts, and the
+            # marker lives on another node than most of the writes anyway.
+            ours = loader._refresh(
+                keys=[loader.keys.loading], args=[self.version, loader.marker_ttl_ms]
+            )
+        if ours != 1:
             raise LoadError(
                 f"version {self.version} lost its loading marker while writing (expired after "
                 f"{loader.marker_ttl_ms / 1000:.0f} s without a flush, or removed); load again"
@@ -335,7 +397,10 @@ def _timed(step: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def _client_url(client: redis.Redis) -> str:
+def _client_url(client: SyncClient) -> str:
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_default_node()
+        return f"redis://{node.host}:{node.port}/0"
     kwargs = client.connection_pool.connection_kwargs
     host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
@@ -352,9 +417,10 @@ def load_dataset(
     timeout_s: float = 60.0,
     progress: bool = False,
     tls: Mapping[str, str] | None = None,
+    cluster: bool = False,
 ) -> LoadReport:
     """Connect and run one load (the command line's ``load``)."""
-    client = connect(url, timeout_s, tls)
+    client = connect(url, timeout_s, tls, cluster=cluster)
     try:
         loader = BulkLoader(client, prefix, url=url, keep=keep, chunk=chunk, progress=progress)
         return loader.load(data, history_len)

@@ -12,8 +12,15 @@
 A history is a string of int32 ids, so concatenation and trimming are plain string operations
 (``string.sub`` keeps the newest bytes). APPEND, DRAIN and SWITCH build history key names inside
 the script from the prefix, version and bucket: fine on one Redis server (scripts without a
-shebang may touch undeclared keys). On Redis Cluster each would be split into single-slot steps;
-see the layout module's docstring.
+shebang may touch undeclared keys), not on Redis Cluster, where a script may only touch keys of
+one slot. The cluster mode uses single-slot steps instead (the order is in the layout module's
+docstring):
+
+* ``LOG_APPEND`` (``{P}`` slot): read the live version and its history length, and log the append
+  for the version being loaded;
+* ``APPLY`` (one user's ``{bB}`` slot): read-concat-trim-write one history;
+* ``SWITCH_DRAINED`` (``{P}`` slot): make the loaded version live only if its pending log is
+  empty (the loader replays the log with APPLY first, and again if an append slipped in).
 """
 
 from __future__ import annotations
@@ -109,6 +116,56 @@ redis.call('HSET', KEYS[4], 'state', 'complete', 'switched_at', ARGV[4])
 return {previous, #entries}
 """
 )
+
+#: KEYS: live, loading. ARGV: tag, user id, bucket, packed items.
+#: Returns {live version, its history_len}; logs the append if another version is loading.
+LOG_APPEND: Final = (
+    _APPLY
+    + """
+local live = redis.call('GET', KEYS[1])
+if not live then
+  return redis.error_reply('NOLIVE no live feature version')
+end
+local limit = history_limit(ARGV[1], live)
+if type(limit) == 'table' then return limit end
+local loading = redis.call('GET', KEYS[2])
+if loading and loading ~= live then
+  local entry = ARGV[2] .. ':' .. ARGV[3] .. ':' .. ARGV[4]
+  redis.call('RPUSH', ARGV[1] .. ':pending:' .. loading, entry)
+end
+return {live, limit}
+"""
+)
+
+#: KEYS: one history hash. ARGV: user id, packed items, history_len.
+#: Returns the user's history length after the append.
+APPLY: Final = """
+local value = (redis.call('HGET', KEYS[1], ARGV[1]) or '') .. ARGV[2]
+local cap = tonumber(ARGV[3]) * 4
+if #value > cap then
+  value = string.sub(value, -cap)
+end
+redis.call('HSET', KEYS[1], ARGV[1], value)
+return #value / 4
+"""
+
+#: KEYS: live, loading, pending log of the version, meta of the version.
+#: ARGV: version, unix time. Returns the previous live version or ''; refuses (PENDING n) while
+#: the log holds appends not yet replayed.
+SWITCH_DRAINED: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('LOADLOST the loading marker of version ' .. ARGV[1] .. ' is gone')
+end
+local waiting = redis.call('LLEN', KEYS[3])
+if waiting > 0 then
+  return redis.error_reply('PENDING ' .. waiting)
+end
+local previous = redis.call('GET', KEYS[1]) or ''
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[4], 'state', 'complete', 'switched_at', ARGV[2])
+return previous
+"""
 
 #: KEYS: loading, version counter, version registry. ARGV: marker time-to-live in ms.
 #: Returns the new version, or an error naming the load already running.

@@ -22,15 +22,27 @@ Rules, not errors:
 
 Failures are typed (errors.py): StoreUnavailable, StoreTimeout, NoLiveVersion, CorruptRecord.
 Every request counts its round trips; ``stats`` exposes the counters for tests and metrics.
+
+Redis Cluster (``REDIS_CLUSTER``): the same pipeline, sent by redis-py's asyncio cluster
+pipeline, which groups the commands per node and sends the groups concurrently, so a request
+still waits one round trip (to the slowest node it needs). The client never retries by itself:
+its retries sleep and rebuild the topology inside the request, which outlives the Redis timeout.
+Instead each cluster operation is bounded by ``CLUSTER_OPERATION_TIMEOUTS`` times the Redis
+timeout, fails fast as a typed error (503 or 504 upstream), and a failure schedules one
+background re-read of the topology, so requests after a failover or a resharding go to the new
+masters. Connections per node are bounded by a semaphore (the cluster pool does not queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 import redis.asyncio
@@ -42,7 +54,14 @@ from redis.typing import EncodableT
 from service.settings import Settings
 
 from .cache import ItemCache
-from .errors import CorruptRecord, FeatureStoreError, NoLiveVersion, translating
+from .errors import (
+    CorruptRecord,
+    FeatureStoreError,
+    NoLiveVersion,
+    StoreTimeout,
+    StoreUnavailable,
+    translating,
+)
 from .layout import (
     LAYOUT_FORMAT,
     USER_BUCKETS,
@@ -53,7 +72,9 @@ from .layout import (
     unpack_items,
     user_bucket,
 )
-from .scripts import APPEND
+from .scripts import APPEND, APPLY, LOG_APPEND
+
+log = logging.getLogger(__name__)
 
 #: A request is retried at most this many times when the live version changes under it.
 _MAX_ATTEMPTS = 4
@@ -61,6 +82,13 @@ _INT64 = np.iinfo(np.int64)
 
 #: Where a request's history came from: the one definition, also the /score response's field.
 HistorySource = Literal["stored", "unknown_user", "override", "unavailable"]
+#: Cluster mode: one operation (a pipeline, a script, a topology read before it) may take this
+#: many Redis timeouts: a topology re-read plus the commands.
+CLUSTER_OPERATION_TIMEOUTS = 2
+#: Cluster mode: at most one background topology re-read per this many seconds.
+REDISCOVERY_INTERVAL_S = 0.2
+
+AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,16 +147,25 @@ class FeatureStore:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         *,
         prefix: str = "qin",
         item_cache_size: int = 100_000,
         history_len: int = 64,
         url: str = "",
+        operation_timeout_s: float = 0.5,
+        max_connections: int = 64,
     ) -> None:
+        """``operation_timeout_s`` and ``max_connections`` apply in cluster mode only (one
+        Redis: the socket timeouts and the blocking pool of the client do the same)."""
         if history_len < 1 or item_cache_size < 0:
             raise ValueError("history_len must be positive and item_cache_size non-negative")
         self.client = client
+        self.cluster = isinstance(client, redis.asyncio.RedisCluster)
+        self.operation_timeout_s = operation_timeout_s
+        self._connections = asyncio.Semaphore(max_connections)
+        self._rediscovery: asyncio.Task[None] | None = None
+        self._rediscovered_at = -REDISCOVERY_INTERVAL_S
         self.keys = Keys(prefix)
         self.item_cache_size = item_cache_size
         self.history_len = history_len
@@ -137,6 +174,8 @@ class FeatureStore:
         self._refresh_lock = asyncio.Lock()
         self._stats = StoreStats()
         self._append = client.register_script(APPEND)
+        self._log_append = client.register_script(LOG_APPEND)
+        self._apply = client.register_script(APPLY)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureStore:
@@ -145,6 +184,24 @@ class FeatureStore:
         The pool blocks (up to the request deadline) when all its connections are busy, rather
         than failing: a burst of requests is a queue, not an outage.
         """
+        if settings.redis_cluster:
+            return cls(
+                redis.asyncio.RedisCluster.from_url(
+                    settings.redis_url,
+                    socket_timeout=settings.redis_timeout_s,
+                    socket_connect_timeout=settings.redis_timeout_s,
+                    max_connections=settings.redis_max_connections,
+                    require_full_coverage=False,  # serve the slots that are up
+                    retry=Retry(NoBackoff(), 0),
+                    **settings.redis_tls(),
+                ),
+                prefix=settings.feature_key_prefix,
+                item_cache_size=settings.item_cache_size,
+                history_len=settings.history_len,
+                url=settings.redis_url,
+                operation_timeout_s=CLUSTER_OPERATION_TIMEOUTS * settings.redis_timeout_s,
+                max_connections=settings.redis_max_connections,
+            )
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.redis_url,
             timeout=settings.request_timeout_s,
@@ -163,8 +220,49 @@ class FeatureStore:
         )
 
     async def aclose(self) -> None:
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FeatureStoreError):
+                await self._rediscovery
         await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        if isinstance(self.client, redis.asyncio.Redis):
+            await self.client.connection_pool.disconnect()
+
+    # ----------------------------------------------------------------------------------------
+    # Calls to Redis
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, operation: str) -> AsyncIterator[None]:
+        """Around every call to Redis: its errors as domain errors; in cluster mode also a
+        bound on its time and connections, and a topology re-read after a failure."""
+        if not self.cluster:
+            with translating(self.url, operation):
+                yield
+            return
+        try:
+            with translating(self.url, operation):
+                async with asyncio.timeout(self.operation_timeout_s), self._connections:
+                    yield
+        except (StoreUnavailable, StoreTimeout):
+            self._rediscover_soon()
+            raise
+
+    def _rediscover_soon(self) -> None:
+        """Re-read the cluster's slots in the background, at most once per interval."""
+        now = time.monotonic()
+        running = self._rediscovery is not None and not self._rediscovery.done()
+        if running or now - self._rediscovered_at < REDISCOVERY_INTERVAL_S:
+            return
+        self._rediscovered_at = now
+        self._rediscovery = asyncio.get_running_loop().create_task(self._rediscover())
+
+    async def _rediscover(self) -> None:
+        assert isinstance(self.client, redis.asyncio.RedisCluster)
+        try:
+            async with asyncio.timeout(self.operation_timeout_s * 4):
+                await self.client.nodes_manager.initialize()
+        except Exception as exc:  # the next failure tries again; requests are not waiting
+            log.debug("re-reading the Redis Cluster topology failed: %s", exc)
 
     @property
     def stats(self) -> StoreStats:
@@ -184,7 +282,7 @@ class FeatureStore:
 
     async def live_version(self) -> str | None:
         """The live version, or None before the first load (for readiness checks)."""
-        with translating(self.url, "reading the live version"):
+        async with self._calling("reading the live version"):
             raw = cast(bytes | None, await self.client.get(self.keys.live))
         return None if raw is None else raw.decode()
 
@@ -265,7 +363,7 @@ class FeatureStore:
             pipe.hget(history_key, str(user_id))
         if len(first_missing):
             pipe.hmget(self.keys.items(view.name), first_missing.tolist())
-        with translating(self.url, f"reading user {user_id}"):
+        async with self._calling(f"reading user {user_id}"):
             replies = await pipe.execute()
         self._stats.round_trips += 1
         self._check_live(view, replies[0], 1)
@@ -295,7 +393,7 @@ class FeatureStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.live)
         pipe.hmget(self.keys.items(view.name), ids.tolist())
-        with translating(self.url, f"reading {len(ids)} items"):
+        async with self._calling(f"reading {len(ids)} items"):
             live, values = await pipe.execute()
         self._stats.round_trips += 1
         self._check_live(view, live, 2)
@@ -324,8 +422,8 @@ class FeatureStore:
         async with self._refresh_lock:
             if self._view is not None:
                 return self._view, 0
-            with translating(self.url, "reading the live version"):
-                for attempt in range(1, _MAX_ATTEMPTS + 1):
+            for attempt in range(1, _MAX_ATTEMPTS + 1):
+                async with self._calling("reading the live version"):
                     live = cast(bytes | None, await self.client.get(self.keys.live))
                     if live is None:
                         raise NoLiveVersion(
@@ -383,10 +481,17 @@ class FeatureStore:
         packed = pack_history(_ids_array(item_ids, "item_ids"))
         if not packed:
             raise ValueError("append needs at least one item id")
-        keys = self.keys
-        args: list[EncodableT] = [keys.prefix, keys.tag, str(user_id), user_bucket(user_id), packed]
-        with translating(self.url, f"appending to user {user_id}"):
-            version, length = await self._append(keys=[keys.live, keys.loading], args=args)
+        keys, user, bucket = self.keys, str(user_id), user_bucket(user_id)
+        async with self._calling(f"appending to user {user_id}"):
+            if self.cluster:  # two one-slot steps; see the layout module's docstring
+                version, limit = await self._log_append(
+                    keys=[keys.live, keys.loading], args=[keys.tag, user, bucket, packed]
+                )
+                history = keys.history(version.decode(), user_id)
+                length = await self._apply(keys=[history], args=[user, packed, limit])
+            else:
+                args: list[EncodableT] = [keys.prefix, keys.tag, user, bucket, packed]
+                version, length = await self._append(keys=[keys.live, keys.loading], args=args)
         self._stats.appends += 1
         return AppendResult(version.decode(), int(length))
 
