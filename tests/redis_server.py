@@ -1,4 +1,4 @@
-"""Pytest fixtures: a real redis-server process per test (no fakes).
+"""Pytest fixtures: a real redis-server process per test, or a real Redis Cluster (no fakes).
 
 Registered by ``pytest_plugins`` in conftest.py. A missing redis-server FAILS the tests that need
 it, saying how to get one, rather than skipping them: CI installs it (``.ci/run``), and a green
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis import HOW_TO_INSTALL, RedisServer, find_redis_server
+from tests.support.redis_cluster import LocalCluster
 
 
 def require_redis_server() -> str:
@@ -41,3 +42,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A started Redis Cluster: 3 masters with one replica each, replicas synced; tests may kill,
+    restart and add nodes."""
+    cluster = LocalCluster(tmp_path / "cluster", executable=require_redis_server())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

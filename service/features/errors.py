@@ -73,6 +73,12 @@ def translate(exc: BaseException, url: str, operation: str) -> FeatureStoreError
         return StoreTimeout(f"Redis at {where} did not answer in time while {operation}")
     if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
         return StoreUnavailable(f"cannot reach Redis at {where} while {operation}: {exc}")
+    if isinstance(exc, redis.exceptions.MovedError):
+        return StoreUnavailable(
+            f"Redis at {where} redirected a key to another node while {operation} (MOVED "
+            f"{_first_line(exc)}): it is a Redis Cluster node; set REDIS_CLUSTER=true (--cluster "
+            "on the command line) so that the client routes keys to their nodes"
+        )
     if isinstance(exc, CLUSTER_ERRORS):
         return StoreUnavailable(
             f"the Redis Cluster at {where} cannot serve while {operation}: {_first_line(exc)}"

@@ -150,7 +150,9 @@ class BulkLoader:
                     keys=[keys.loading, keys.next, keys.versions], args=[self.marker_ttl_ms]
                 )
             except redis.exceptions.ResponseError as exc:
-                raise self._busy(str(exc)) from exc
+                if str(exc).startswith("LOADBUSY"):
+                    raise self._busy(str(exc)) from exc
+                raise
             version = str(int(raw))
             self.client.hset(keys.meta(version), mapping=self._meta(features))
         return version
@@ -333,9 +335,7 @@ class BulkLoader:
             "state": "loading",
         }
 
-    def _busy(self, message: str) -> Exception:
-        if not message.startswith("LOADBUSY"):
-            return redis.exceptions.ResponseError(message)
+    def _busy(self, message: str) -> LoadError:
         _, version, ttl_ms = message.split()[:3]
         return LoadError(
             f"another load (version {version}) is running on {redacted(self.url)}; its marker "

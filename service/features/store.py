@@ -240,9 +240,12 @@ class FeatureStore:
                 yield
             return
         try:
-            with translating(self.url, operation):
-                async with asyncio.timeout(self.operation_timeout_s), self._connections:
-                    yield
+            # The wait for a connection is not the operation's: like the single-node pool, it
+            # is bounded by the request's deadline only (a burst is a queue, not an outage).
+            async with self._connections:
+                with translating(self.url, operation):
+                    async with asyncio.timeout(self.operation_timeout_s):
+                        yield
         except (StoreUnavailable, StoreTimeout):
             self._rediscover_soon()
             raise

@@ -287,6 +287,7 @@ class LocalCluster:
         seed = f"127.0.0.1:{self._a_master()}"
         self._cli("--cluster", "add-node", f"127.0.0.1:{port}", seed)
         self._wait(lambda: self._knows(port), "the new node to join")
+        self.wait_healthy()  # the new node too must see the cluster up, or MIGRATE to it fails
         self._cli(
             "--cluster", "rebalance", seed, "--cluster-use-empty-masters",
             "--cluster-yes",
