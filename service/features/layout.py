@@ -36,12 +36,12 @@ Redis Cluster: the text in braces is the hash tag that picks the slot. All contr
 share the ``{bB}`` slot (4096 tags spread users over the cluster); each version's item hash is one
 slot, so a request's item HMGET is one command. A request reads three slots (the live key, the
 user's bucket, the version's items): redis-py's cluster pipeline groups them per node and sends
-the groups concurrently, which still costs one round trip of wall time. The code here drives one
-Redis server (or a primary with replicas): its APPEND, DRAIN and SWITCH scripts build history key
-names at run time, which Cluster forbids. On Cluster each splits along the slots: an append is a
-``{P}``-slot script (read live and loading, log to ``{P}:pending:V`` if loading) followed by a
-``{bB}``-slot script (read-concat-trim-write), the loader replays the log one single-slot entry at
-a time, and the switch script only checks that the log is empty before it sets ``{P}:live``.
+the groups concurrently, which still costs one round trip of wall time. On one Redis the APPEND,
+DRAIN and SWITCH scripts build history key names at run time; on Cluster (where a script may
+only touch one slot) each splits along the slots: an append is a ``{P}``-slot script (read the
+live version, log to ``{P}:pending:V`` if V is loading) followed by a ``{bB}``-slot script
+(read-concat-trim-write); the loader replays the log one history at a time, and the switch script
+makes V live only if the log is empty, else the loader replays again.
 """
 
 from __future__ import annotations
