@@ -91,6 +91,7 @@ def test_the_plan_from_the_committed_results_is_written(tmp_path: Path) -> None:
     assert written["redis"]["peak_gb"] > written["redis"]["version_gb"] > 0
     assert written["service"]["cpu_replicas"] >= 1
     assert "Breaks first:" in table and "service replicas on CPU" in table
-    assert written["inputs"]["sources"]["redis_ops"] == json.loads(
-        (RESULTS_DIR / "redis_ops.json").read_text()
-    )["commit"]
+    assert (
+        written["inputs"]["sources"]["redis_ops"]
+        == json.loads((RESULTS_DIR / "redis_ops.json").read_text())["commit"]
+    )
