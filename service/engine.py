@@ -79,6 +79,8 @@ class Engine:
         self.batcher: Batcher | None = None
         self.warmed = False
         self.load_error: str | None = None
+        #: Set on SIGTERM: /readyz answers 503 so that balancers stop routing here; /score serves.
+        self.draining = False
         self._reload_lock = asyncio.Lock()
         metrics.observe_store(lambda: self.store.stats)
 
@@ -288,6 +290,9 @@ class Engine:
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = model loaded and warmed, and Redis answers with a live feature version."""
         runner = self.runner
+        if self.draining:
+            self.metrics.ready.set(0)
+            return False, {"ready": False, "draining": True}
         model: dict[str, Any] = {"loaded": runner is not None, "warmed": self.warmed}
         if runner is not None:
             info = runner.info

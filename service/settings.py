@@ -209,6 +209,17 @@ class Settings(BaseSettings):
             "the model past it gets 504 and is dropped from its batch if not yet scored."
         ),
     )
+    shutdown_drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description=(
+            "On SIGTERM, seconds the service keeps serving while /readyz answers 503, so that a "
+            "load balancer that health-checks it stops sending requests before it closes; then "
+            "it stops accepting connections and answers the requests it has. 0 closes at once. "
+            "A second SIGTERM, or SIGINT (Ctrl-C), does not wait."
+        ),
+    )
     degraded_mode: Literal["off", "empty_history"] = Field(
         default="off",
         description=(

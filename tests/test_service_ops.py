@@ -300,7 +300,15 @@ def test_sigterm_drains_accepted_requests_then_exits(
     # A long batch wait keeps the requests queued when the signal arrives: the batch closes 10 s
     # after the first of them is queued (time enough to queue 30 on a busy machine; the request
     # deadline is 60 s), so the drain is what answers them.
-    env = _env(served_model, feature_redis, served_model.onnx, BATCH_MAX_WAIT_MS=10000)
+    # SHUTDOWN_DRAIN_S=1: the drain ends while the requests still wait for their batch, so
+    # uvicorn's graceful shutdown (not the drain) is what has to answer them.
+    env = _env(
+        served_model,
+        feature_redis,
+        served_model.onnx,
+        BATCH_MAX_WAIT_MS=10000,
+        SHUTDOWN_DRAIN_S=1,
+    )
     service = ServiceProcess(env)
     try:
         service.wait_ready()
@@ -323,9 +331,42 @@ def test_sigterm_drains_accepted_requests_then_exits(
         answers = asyncio.run(scenario())
         assert [a.status_code for a in answers] == [200] * 30
         assert [len(a.json()["scores"]) for a in answers] == list(range(1, 31))
-        # uvicorn re-raises the signal once drained, so the exit status says SIGTERM ended it
-        assert service.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        # a drained process stopped as asked: exit 0, not death by the signal
+        assert service.process.wait(timeout=30) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(service.url + "/healthz", timeout=2)
+    finally:
+        service.stop()
+
+
+def test_sigterm_drain_turns_readiness_off_but_keeps_scoring(
+    served_model: ServedModel, feature_redis: RedisServer
+) -> None:
+    # A drain far longer than the test: what ends the process is the second SIGTERM.
+    env = _env(served_model, feature_redis, served_model.onnx, SHUTDOWN_DRAIN_S=300)
+    service = ServiceProcess(env)
+    try:
+        service.wait_ready()
+        service.process.send_signal(signal.SIGTERM)
+
+        def not_ready() -> bool:
+            return httpx.get(service.url + "/readyz", timeout=30).status_code == 503
+
+        wait_until(not_ready, what="/readyz to answer 503 once SIGTERM starts the drain")
+        assert httpx.get(service.url + "/readyz", timeout=30).json() == {
+            "ready": False,
+            "draining": True,
+        }
+        assert service.metric("qin_ready") == 0
+        assert httpx.get(service.url + "/healthz", timeout=30).status_code == 200
+        scored = httpx.post(
+            service.url + "/score", json={"user_id": 1, "item_ids": [1, 2, 3]}, timeout=30
+        )
+        assert scored.status_code == 200, scored.text
+        assert len(scored.json()["scores"]) == 3
+        assert service.process.poll() is None
+        service.process.send_signal(signal.SIGTERM)  # the second one does not wait
+        # uvicorn's own handling of that signal: shut down now, then re-raise it
+        assert service.process.wait(timeout=GENEROUS_DEADLINE_S) in (0, -signal.SIGTERM)
     finally:
         service.stop()
