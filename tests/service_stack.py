@@ -22,7 +22,7 @@ import uvicorn
 from contract.dataset import load_items
 from export.exporter import export_checkpoint
 from model.base import CTRModel
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import build_config
 from model.data import infer_schema
 from model.factory import build_model
@@ -120,6 +120,19 @@ def served_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> S
     export_checkpoint(folder / "checkpoint", onnx, verify_data=tiny_data, verify_rows=256)
     features = read_feature_set(tiny_data, HISTORY_LEN)
     return ServedModel(tiny_data, folder / "checkpoint", onnx, model, features, written["version"])
+
+
+@pytest.fixture(scope="session")
+def other_model(served_model: ServedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second exported model of the same schema, with other weights (another version)."""
+    folder = tmp_path_factory.mktemp("other")
+    model, _ = load_checkpoint(served_model.checkpoint)
+    model = randomised(model, seed=11)
+    config = build_config("small", [])
+    save_checkpoint(folder / "checkpoint", model, config, {"data": {"path": "other"}})
+    out = folder / "model.onnx"
+    export_checkpoint(folder / "checkpoint", out, verify_data=served_model.data, verify_rows=256)
+    return out
 
 
 @pytest.fixture

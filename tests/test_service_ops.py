@@ -19,14 +19,10 @@ import onnx
 import pytest
 from pydantic import SecretStr
 
-from export.exporter import export_checkpoint
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import build_config
 from tests.service_stack import (
     GENEROUS_DEADLINE_S,
     ServedModel,
     ServiceThread,
-    randomised,
     service_settings,
 )
 from tests.support.redis import RedisServer, free_port
@@ -35,19 +31,6 @@ from tests.test_service import metric
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-@pytest.fixture(scope="session")
-def other_model(served_model: ServedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second exported model of the same schema, with other weights (another version)."""
-    folder = tmp_path_factory.mktemp("other")
-    model, _ = load_checkpoint(served_model.checkpoint)
-    model = randomised(model, seed=11)
-    config = build_config("small", [])
-    save_checkpoint(folder / "checkpoint", model, config, {"data": {"path": "other"}})
-    out = folder / "model.onnx"
-    export_checkpoint(folder / "checkpoint", out, verify_data=served_model.data, verify_rows=256)
-    return out
 
 
 def without_parity(source: Path, out: Path) -> Path:
