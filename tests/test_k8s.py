@@ -557,3 +557,14 @@ def test_kustomize_renders_the_same(tmp_path: Path) -> None:
 
         theirs = sorted(yaml.safe_load_all(done.stdout), key=key)
         assert sorted(render(directory), key=key) == theirs, directory
+
+
+def test_docs_name_files_that_exist() -> None:
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    paths = set(re.findall(r"deploy/kubernetes/[\w./-]*[\w]", text))
+    assert {"deploy/kubernetes/base", "deploy/kubernetes/overlays/gpu"} <= paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"docs/kubernetes.md names missing files: {missing}"
+    for link in re.findall(r"\]\(([\w.]+\.md)(?:#[\w-]+)?\)", text):
+        assert (ROOT / "docs" / link).is_file(), link
+    assert "(kubernetes.md)" in (ROOT / "docs" / "operations.md").read_text()
