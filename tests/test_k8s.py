@@ -72,7 +72,9 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Objects]:
 def get_routes() -> set[str]:
     app = create_app(Settings())  # no Redis and no model needed until start-up
     return {
-        route.path for route in app.routes if isinstance(route, APIRoute) and "GET" in route.methods
+        route.path
+        for route in app.routes
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ())
     }
 
 
