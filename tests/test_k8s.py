@@ -263,9 +263,12 @@ def check_shutdown(objects: Objects) -> None:
     timeout = float(
         config(objects).get("REQUEST_TIMEOUT_S", Settings.model_fields["request_timeout_s"].default)
     )
-    needed = prestop_sleep_s(spec) + graceful_shutdown_s(timeout)
+    drain = float(
+        config(objects).get("SHUTDOWN_DRAIN_S", Settings.model_fields["shutdown_drain_s"].default)
+    )
+    needed = prestop_sleep_s(spec) + drain + graceful_shutdown_s(timeout)
     grace = pod_spec(objects)["terminationGracePeriodSeconds"]
-    assert grace > needed, f"grace {grace} s <= preStop + graceful shutdown {needed} s"
+    assert grace > needed, f"grace {grace} s <= preStop + drain + graceful shutdown {needed} s"
 
 
 def check_security(objects: Objects) -> None:
