@@ -23,8 +23,9 @@ connections, uvloop when installed), so the generator depends on nothing beyond 
 bodies are built before t0 and the garbage collector is off during the run, so the generator's
 own work per request is a task, a write and a read.
 
-The JSON written to ``--out`` holds the settings and the summary (:func:`summarize`); per-request
-records go to ``--records FILE`` (CSV) when asked.
+The JSON written to ``--out`` holds the settings, the summary (:func:`summarize`) and t0 (the
+generator's ``time.perf_counter()`` at t0, so another process can place events on the run's
+clock); per-request records go to ``--records FILE`` (CSV, seconds after t0) when asked.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -108,6 +109,9 @@ class Outcome:
     sent: np.ndarray  # request bytes written
     done: np.ndarray  # answer read, or failure noticed
     status: np.ndarray  # HTTP status, STATUS_TIMEOUT or STATUS_ERROR
+    #: ``time.perf_counter()`` of t0 in the generator's process (CLOCK_MONOTONIC on Linux, so
+    #: another process's perf_counter or monotonic times can be placed on this run's clock).
+    t0: float = 0.0
 
     @staticmethod
     def empty(scheduled: np.ndarray) -> Outcome:
@@ -393,7 +397,7 @@ class OpenLoopRun:
                 await asyncio.sleep(max(delay, MIN_SLEEP_S))
         while pending:
             await asyncio.gather(*pending)
-        return self.outcome
+        return replace(self.outcome, t0=self.t0)
 
     async def _one(self, index: int, deadline: float) -> None:
         out = self.outcome
@@ -567,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates=args.candidates if target.path == "/score" else 0,
     )
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    result = {"settings": settings, "summary": summary}
+    result = {"settings": settings, "t0_perf_counter": outcome.t0, "summary": summary}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.records:
