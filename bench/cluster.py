@@ -294,7 +294,9 @@ def one_failover(
     control = owners[key_slot(KEYS.live.encode())]
     live = cluster.client()
     try:
-        version = live.get(KEYS.live).decode()
+        raw = live.get(KEYS.live)
+        assert isinstance(raw, bytes), f"no live feature version ({KEYS.live} is {raw!r})"
+        version = raw.decode()
     finally:
         live.close()
     items_owner = owners[key_slot(KEYS.items(version).encode())]
@@ -425,17 +427,18 @@ def table(results: dict[str, Any]) -> str:
     for key, label in (("items_per_s", "items/s"), ("users_per_s", "users/s")):
         rows.append([f"bulk load: {label}", f"{single[key]:,.0f}", f"{cluster[key]:,.0f}",
                      _ratio(single[key], cluster[key])])  # fmt: skip
-    rows.append(["bulk load: items + users + switch, s", f"{single['load_s']:.2f}",
-                 f"{cluster['load_s']:.2f}", _ratio(single["load_s"], cluster["load_s"])])  # fmt: skip
+    total = "bulk load: items + users + switch, s"
+    rows.append([total, f"{single['load_s']:.2f}", f"{cluster['load_s']:.2f}",
+                 _ratio(single["load_s"], cluster["load_s"])])  # fmt: skip
     mib = 2**20
     per_master = " / ".join(f"{b / mib:,.1f}" for b in cluster["used_memory_bytes"])
     rows.append(["used_memory MiB (cluster: per master)",
                  f"{single['used_memory_total_bytes'] / mib:,.1f}", per_master,
                  _ratio(single["used_memory_max_bytes"], cluster["used_memory_max_bytes"])
                  + " (largest master)"])  # fmt: skip
-    rows.append(["used_memory MiB, all masters", f"{single['used_memory_total_bytes'] / mib:,.1f}",
-                 f"{cluster['used_memory_total_bytes'] / mib:,.1f}",
-                 _ratio(single["used_memory_total_bytes"], cluster["used_memory_total_bytes"])])  # fmt: skip
+    s_total, c_total = single["used_memory_total_bytes"], cluster["used_memory_total_bytes"]
+    rows.append(["used_memory MiB, all masters", f"{s_total / mib:,.1f}", f"{c_total / mib:,.1f}",
+                 _ratio(s_total, c_total)])  # fmt: skip
     fail = results["failover"]
     fail_rows = []
     for victim, label in (
@@ -480,7 +483,7 @@ def table(results: dict[str, Any]) -> str:
                 "503 of unaffected users",
             ],
             fail_rows,
-        )  # fmt: skip
+        )
         + "\n\nThe 503 window is set by cluster-node-timeout: the replica takes over only after "
         "its master has been unreachable that long (plus the election).\n"
     )
