@@ -79,6 +79,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}" || fail "apt-get install ${missing[*]}"
 fi
 podman --version
+# Compose services reach each other by name ("redis"). netavark has that built in; podman's CNI
+# backend needs the dnsname plugin, which apt does not pull in with podman. Without it the stack
+# starts and then fails on "Name or service not known".
+if [ "$(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" = "cni" ]; then
+  found=""
+  for dir in /usr/lib/cni /usr/libexec/cni /opt/cni/bin; do
+    [ -x "$dir/dnsname" ] && found="$dir/dnsname"
+  done
+  if [ -z "$found" ]; then
+    echo "installing the CNI dnsname plugin (container names resolve on compose networks)"
+    apt_install golang-github-containernetworking-plugin-dnsname \
+      || fail "apt-get install golang-github-containernetworking-plugin-dnsname"
+  fi
+fi
 
 WORK="$(mktemp -d)"
 # Root cannot raise every limit on some hosts (the default nofile/nproc of containers fail) and
