@@ -216,13 +216,14 @@ def start(args: argparse.Namespace) -> None:
         if checked.returncode != 0:
             raise Refused(f"haproxy refused its configuration: {checked.stderr.strip()}")
         with (run_dir / "haproxy.log").open("ab") as log:
-            subprocess.run(
+            daemon = subprocess.run(
                 [binary, "-D", "-p", str(pidfile), "-f", str(HAPROXY_CFG), "-f", str(backend)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                check=True,
             )
+        if daemon.returncode != 0:  # a port in use, typically
+            raise Refused(f"haproxy did not start:\n{log_tail(run_dir / 'haproxy.log')}")
         state.haproxy_pid = int(pidfile.read_text().split()[0])
         state.write(run_dir)
 
@@ -231,7 +232,7 @@ def start(args: argparse.Namespace) -> None:
             return all(view.get(r.name) == "UP" for r in replicas)
 
         wait_for("the balancer to have every replica up", all_up, args.timeout_s)
-    except (Refused, subprocess.CalledProcessError):
+    except Refused:
         stop(args)
         raise
     print(

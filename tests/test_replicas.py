@@ -39,7 +39,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def port_is_free(port: int) -> bool:
+    """No listener on it (connections of a closed one waiting in TIME_WAIT do not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -187,6 +189,21 @@ def test_a_bad_model_path_refuses_to_start_and_leaves_nothing_running(
     assert "Traceback" not in started.stderr
     assert not (fleet.run_dir / "state.json").exists()
     assert port_is_free(fleet.base_port + REPLICAS)  # no balancer left behind
+
+
+def test_a_balancer_port_in_use_refuses_to_start_and_stops_the_replicas(
+    served_model: ServedModel, feature_redis: RedisServer, tmp_path: Path
+) -> None:
+    env = replica_env(served_model, feature_redis, served_model.onnx)
+    fleet = Fleet(tmp_path / "run", env, free_run_of_ports(REPLICAS + 2), [1])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", fleet.base_port + REPLICAS))
+        taken.listen()
+        started = fleet.cli("start")
+    assert started.returncode == 1
+    assert "haproxy did not start" in started.stderr and "Traceback" not in started.stderr
+    assert not (fleet.run_dir / "state.json").exists()
+    assert all(port_is_free(fleet.base_port + i) for i in range(REPLICAS))  # replicas stopped
 
 
 def test_a_replica_killed_under_load_costs_no_request(fleet: Fleet) -> None:
