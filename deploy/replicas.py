@@ -3,6 +3,7 @@
     .venv/bin/python deploy/replicas.py start [--replicas 3] [--lb-port 8080]
     .venv/bin/python deploy/replicas.py status
     MODEL_PATH=new.onnx .venv/bin/python deploy/replicas.py restart
+    .venv/bin/python deploy/replicas.py reload
     .venv/bin/python deploy/replicas.py stop
 
 Each replica is ``python -m service`` on its own port, configured by the environment this script
@@ -10,7 +11,10 @@ is run with (MODEL_PATH, REDIS_URL, ...); HAProxy (deploy/haproxy/haproxy.cfg) b
 health-checks /readyz. ``restart`` replaces them one at a time, each only once the others are up
 in the balancer: SIGTERM (the replica drains: /readyz 503 while it still answers), wait for it to
 exit, start it again with the environment ``restart`` is run with, wait until the balancer has it
-up. So a rolling upgrade (new model file, new code, new settings) costs no request.
+up. So a rolling upgrade (new model file, new code, new settings) costs no request. ``reload`` is
+the lighter way to a new model written over MODEL_PATH: each replica in turn gets SIGHUP and
+swaps the model between two batches (the service's hot reload), and the next one is told only
+once this one has swapped; a replica that refuses the file keeps its model and stops the round.
 
 The run directory (default build/replicas) holds state.json, the generated backend file and the
 logs. Standard library only, so that it runs with the same Python as the service.
@@ -23,6 +27,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,6 +281,41 @@ def restart(args: argparse.Namespace) -> None:
         print(f"{new.name} restarted (pid {new.pid})")
 
 
+def reload_count(state: State, replica: Replica, outcome: str) -> float:
+    """qin_model_reloads_total{outcome=...} of one replica (0 before its first reload)."""
+    status, body = get(f"http://{state.host}:{replica.port}/metrics")
+    if status != 200:
+        raise Refused(f"replica {replica.name} does not answer /metrics ({status or 'no answer'})")
+    found = re.search(rf'^qin_model_reloads_total{{outcome="{outcome}"}} (\S+)$', body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def model_version(state: State, replica: Replica) -> str:
+    body = get(f"http://{state.host}:{replica.port}/readyz")[1]
+    try:
+        return str(json.loads(body)["model"]["version"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+def reload(args: argparse.Namespace) -> None:
+    state = State.read(args.run_dir)
+    for replica in state.replicas:
+        if not alive(replica.pid):
+            raise Refused(f"replica {replica.name} is not running")
+        before = {o: reload_count(state, replica, o) for o in ("swapped", "refused")}
+        os.kill(replica.pid, signal.SIGHUP)
+
+        def answered(r: Replica = replica, b: dict[str, float] = before) -> bool:
+            return any(reload_count(state, r, o) > n for o, n in b.items())
+
+        wait_for(f"replica {replica.name} to reload its model", answered, args.timeout_s)
+        if reload_count(state, replica, "refused") > before["refused"]:
+            tail = log_tail(args.run_dir / f"{replica.name}.log")
+            raise Refused(f"replica {replica.name} refused the model (it keeps its own):\n{tail}")
+        print(f"{replica.name} reloaded: {model_version(state, replica)}")
+
+
 def stop(args: argparse.Namespace) -> None:
     state = State.read(args.run_dir)
     # the balancer first, so that no request reaches a replica that is going away
@@ -289,7 +329,7 @@ def stop(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["start", "status", "restart", "stop"])
+    parser.add_argument("command", choices=["start", "status", "restart", "reload", "stop"])
     parser.add_argument("--replicas", type=int, default=3, help="replicas to start")
     parser.add_argument("--base-port", type=int, default=8101, help="first replica's port")
     parser.add_argument("--lb-port", type=int, default=8080, help="the balancer's port")
@@ -302,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error("--replicas must be at least 1")
-    commands = {"start": start, "status": status, "restart": restart, "stop": stop}
+    commands = {
+        "start": start,
+        "status": status,
+        "restart": restart,
+        "reload": reload,
+        "stop": stop,
+    }
     try:
         commands[args.command](args)
     except Refused as exc:

@@ -127,7 +127,9 @@ def alive(pid: int) -> bool:
 @pytest.fixture
 def fleet(served_model: ServedModel, feature_redis: RedisServer, tmp_path: Path) -> Iterator[Fleet]:
     users = [int(u) for u in served_model.features.user_ids[:100]]
-    env = replica_env(served_model, feature_redis, served_model.onnx)
+    model = tmp_path / "model.onnx"  # a copy, so that a test may write another model over it
+    shutil.copy(served_model.onnx, model)
+    env = replica_env(served_model, feature_redis, model)
     running = Fleet(tmp_path / "run", env, free_run_of_ports(REPLICAS + 2), users)
     started = running.cli("start")
     assert started.returncode == 0, started.stderr
@@ -263,3 +265,32 @@ def test_a_rolling_restart_onto_a_new_model_costs_no_request(
     after = fleet.pids()
     assert all(before[name] != after[name] for name in before), (before, after)
     assert not any(alive(pid) for pid in before.values())
+
+
+def test_reload_swaps_every_replica_in_turn_and_a_refused_file_changes_nothing(
+    fleet: Fleet, served_model: ServedModel, other_model: Path
+) -> None:
+    old = served_model.model_version
+    model = Path(fleet.env["MODEL_PATH"])
+    model.write_bytes(b"not an onnx model")
+    refused = fleet.cli("reload")
+    assert refused.returncode == 1
+    assert "replica r1 refused the model" in refused.stderr and "Traceback" not in refused.stderr
+    for _ in range(2 * REPLICAS):  # every replica still answers with the old model
+        scored = httpx.post(fleet.lb_url + "/score", json=fleet.body(0), timeout=30)
+        assert scored.status_code == 200 and scored.json()["model_version"] == old
+
+    shutil.copy(other_model, model)
+    loop = fleet.load()
+    wait_until(lambda: loop.answered() >= 40, GENEROUS_DEADLINE_S, "40 answers before reload")
+    reloaded = fleet.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert reloaded.stdout.count("reloaded: ") == REPLICAS
+    sent_after_reload = loop.sent
+    answers = settle(loop, 60)
+    assert_every_request_answered_200(loop, answers)
+    versions = [a.model_version for a in answers]
+    new = set(versions) - {old}
+    assert len(new) == 1, f"expected the old version and one new one, got {set(versions)}"
+    assert versions[:10] == [old] * 10
+    assert set(versions[sent_after_reload:]) == new
