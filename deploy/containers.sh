@@ -40,7 +40,7 @@ export DEMO_TRAIN_ROWS="${DEMO_TRAIN_ROWS:-20000}"
 SERVICE_URL="http://127.0.0.1:$SERVICE_PORT"
 PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
 # The services of docker-compose.yml that run here: all but grafana.
-SERVICES=(redis artifacts service prometheus)
+SERVICES=(redis artifacts service service-2 lb prometheus)
 
 T0=$SECONDS
 STAGE="setup"
@@ -219,8 +219,8 @@ if ! podman image exists "$DEBIAN_IMAGE"; then
   podman build --quiet --build-arg ROOTFS_IMAGE="$rootfs_image" -t "$DEBIAN_IMAGE" "$WORK/debian" \
     >/dev/null || fail "podman build debian"
 fi
-# Python, Redis and Prometheus on it; podman's layer cache makes a rebuild a no-op.
-for name in python redis prometheus; do
+# Python, Redis, Prometheus and HAProxy on it; podman's layer cache makes a rebuild a no-op.
+for name in python redis prometheus haproxy; do
   podman build --quiet --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
     -f "deploy/local/$name.Containerfile" -t "localhost/qin-local/$name:$debian_key" deploy/local \
     >/dev/null || fail "podman build $name"
@@ -350,6 +350,16 @@ up() {
     || { cat "$WORK/up.log" >&2; fail "podman-compose up $*"; }
 }
 
+# Retries only while the condition is not yet met, up to a deadline.
+until_ok() {
+  local what="$1" deadline=$((SECONDS + WAIT_S))
+  shift
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || fail "$what: not within $WAIT_S s"
+    sleep 2
+  done
+}
+
 stage "refused without GRAFANA_ADMIN_PASSWORD"
 if env -u GRAFANA_ADMIN_PASSWORD "${COMPOSE[@]}" up -d --no-build "${SERVICES[@]}" \
   >"$WORK/refused.log" 2>&1; then
@@ -380,18 +390,28 @@ while :; do
 done
 podman logs --tail 4 "${PROJECT}_artifacts_1" 2>&1 | sed 's/^/   /'
 
-stage "service up"
-up service
+stage "service replicas up"
+up service service-2
 wait_healthy service
+wait_healthy service-2
+
+stage "balancer up"
+up lb
+lb_up() {
+  [ "$(podman inspect -f '{{.State.Status}}' "${PROJECT}_lb_1" 2>/dev/null)" = running ] \
+    && curl -sS -o /dev/null --max-time 5 "$SERVICE_URL/healthz"
+}
+until_ok "the balancer to answer on $SERVICE_URL" lb_up
+echo "the balancer answers on $SERVICE_URL"
 
 stage "prometheus up"
 up prometheus
 wait_healthy prometheus
-for service in redis service prometheus; do
+for service in redis service service-2 lb prometheus; do
   uid=$(podman exec "${PROJECT}_${service}_1" id -u) || fail "id -u in $service"
   [ "$uid" != 0 ] || fail "the $service container runs as root"
 done
-echo "redis, service and prometheus run as non-root users"
+echo "redis, both service replicas, the balancer and prometheus run as non-root users"
 
 # A user and items the loaded features know: read from Redis inside the stack.
 REDIS=(podman exec "${PROJECT}_redis_1" redis-cli --no-raw)
@@ -418,15 +438,6 @@ assert all(isinstance(s, float) and 0.0 <= s <= 1.0 and not math.isnan(s) for s 
 print("scores", [round(s, 4) for s in scores])
 EOF
 }
-# Retries only while the condition is not yet met, up to a deadline.
-until_ok() {
-  local what="$1" deadline=$((SECONDS + WAIT_S))
-  shift
-  until "$@"; do
-    [ $SECONDS -lt $deadline ] || fail "$what: not within $WAIT_S s"
-    sleep 2
-  done
-}
 
 stage "POST /score from the host"
 score || fail "POST $SERVICE_URL/score"
@@ -448,9 +459,13 @@ result = body["data"]["result"]
 print(result[0]["value"][1] if result else "none", len(result))
 '
 }
-target_up() { [ "$(promql 'up{job="qin-service"}' | cut -d' ' -f1)" = 1 ]; }
-until_ok "the service target up == 1" target_up
-echo "up{job=\"qin-service\"} = 1"
+targets_up() {
+  [ "$(promql 'count(up{job="qin-service"} == 1)' | cut -d' ' -f1)" = 2 ] \
+    && [ "$(promql 'up{job="haproxy"}' | cut -d' ' -f1)" = 1 ] \
+    && [ "$(promql 'haproxy_backend_active_servers{proxy="qin"}' | cut -d' ' -f1)" = 2 ]
+}
+until_ok "both replicas and the balancer scraped (up == 1), 2 servers active" targets_up
+echo "up == 1 for both replicas and the balancer; haproxy_backend_active_servers = 2"
 p99() {
   local value
   value=$(promql 'histogram_quantile(0.99, sum by (le) (rate(qin_request_duration_seconds_bucket[1m])))' \
@@ -515,6 +530,12 @@ started=$(podman inspect -f '{{.State.StartedAt}}' "$name")
 pid=$(podman inspect -f '{{.State.Pid}}' "$name")
 [ "${pid:-0}" -gt 1 ] || fail "no main process of $name"
 kill -KILL "$pid"
+# Meanwhile the balancer routes around it: the other replica answers (a request the dead one
+# dropped, or a connection it refused, is sent there again).
+for _ in $(seq 1 20); do
+  score >/dev/null || fail "POST /score through the balancer with one replica killed"
+done
+echo "20 requests answered through the balancer right after one replica was killed"
 restarted() {
   [ "$(podman inspect -f '{{.State.Status}}' "$name")" = running ] \
     && [ "$(podman inspect -f '{{.State.StartedAt}}' "$name")" != "$started" ]

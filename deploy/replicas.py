@@ -213,7 +213,7 @@ def start(args: argparse.Namespace) -> None:
             "QIN_LB_STATS_BIND": f"{args.host}:{args.stats_port}",
         }
         checked = subprocess.run(
-            [binary, "-c", "-q", "-f", str(HAPROXY_CFG), "-f", str(backend)],
+            [binary, "-c", "-q", "-f", str(args.haproxy_config), "-f", str(backend)],
             env=env,
             capture_output=True,
             text=True,
@@ -222,7 +222,16 @@ def start(args: argparse.Namespace) -> None:
             raise Refused(f"haproxy refused its configuration: {checked.stderr.strip()}")
         with (run_dir / "haproxy.log").open("ab") as log:
             daemon = subprocess.run(
-                [binary, "-D", "-p", str(pidfile), "-f", str(HAPROXY_CFG), "-f", str(backend)],
+                [
+                    binary,
+                    "-D",
+                    "-p",
+                    str(pidfile),
+                    "-f",
+                    str(args.haproxy_config),
+                    "-f",
+                    str(backend),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -336,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-port", type=int, default=8404, help="HAProxy stats, /metrics")
     parser.add_argument("--host", default="127.0.0.1", help="address everything binds to")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build" / "replicas")
+    parser.add_argument(
+        "--haproxy-config", type=Path, default=HAPROXY_CFG, help="the shared part of the config"
+    )
     parser.add_argument(
         "--timeout-s", type=float, default=120, help="longest wait for one replica's start or exit"
     )

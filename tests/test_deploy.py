@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,10 @@ TARGET_LABELS = {"job", "instance"}
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+#: The scoring replicas of docker-compose.yml (one definition), in the balancer's order.
+REPLICAS = ("service", "service-2")
 
 
 def compose_services() -> dict[str, Any]:
@@ -234,9 +239,14 @@ def test_prometheus_scrapes_the_service_metrics() -> None:
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "qin-service"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     (targets,) = [group["targets"] for group in job["static_configs"]]
-    assert targets == ["service:8000"]
-    assert "service" in compose_services()
+    assert targets == [f"{name}:8000" for name in REPLICAS]
+    assert set(REPLICAS) <= set(compose_services())
     assert "PORT=8000" in dockerfile_stage("serve").env
+    # and the balancer's own exporter, on the stats address haproxy.cfg binds in the stack
+    (lb_job,) = [job for job in config["scrape_configs"] if job["job_name"] == "haproxy"]
+    (lb_targets,) = [group["targets"] for group in lb_job["static_configs"]]
+    stats_port = compose_services()["lb"]["environment"]["QIN_LB_STATS_BIND"].rsplit(":")[-1]
+    assert lb_targets == [f"lb:{stats_port}"]
 
 
 def test_prometheus_is_mounted_with_this_config() -> None:
@@ -271,6 +281,8 @@ def test_every_service_is_health_checked_or_the_one_shot_job() -> None:
     for name, service in services.items():
         if name in one_shot:
             assert service["restart"] == "no" and "healthcheck" not in service
+        elif name == "lb":  # no HTTP client in the HAProxy image; its replicas are checked
+            assert "healthcheck" not in service and service["restart"] == "unless-stopped"
         else:
             assert service["healthcheck"]["test"][0] == "CMD", f"{name} has no healthcheck"
             # podman-compose 1.0.3 joins the words into one unquoted shell line: plain words only.
@@ -280,11 +292,14 @@ def test_every_service_is_health_checked_or_the_one_shot_job() -> None:
         for needed, need in service.get("depends_on", {}).items():
             assert needed in services
             expected = "service_completed_successfully" if needed in one_shot else "service_healthy"
+            if needed == "lb":
+                expected = "service_started"
             assert need["condition"] == expected, f"{name} -> {needed}"
 
 
 def test_the_service_waits_for_redis_and_the_artifacts_and_reads_the_model_volume() -> None:
     services = compose_services()
+    assert services["service-2"] == services["service"]  # one definition, two replicas
     service, artifacts = services["service"], services["artifacts"]
     assert service["depends_on"] == {
         "redis": {"condition": "service_healthy"},
@@ -311,7 +326,9 @@ def test_redis_keeps_its_data_on_a_named_volume() -> None:
 def test_cpu_by_default_and_the_gpu_override_reserves_a_gpu() -> None:
     base = compose_services()["service"]
     assert base["build"]["args"]["DEVICE"] == "cpu" and "deploy" not in base
-    gpu = load_yaml(GPU_OVERRIDE)["services"]["service"]
+    overrides = load_yaml(GPU_OVERRIDE)["services"]
+    assert set(overrides) == set(REPLICAS) and overrides["service-2"] == overrides["service"]
+    gpu = overrides["service"]
     assert gpu["build"]["args"]["DEVICE"] == "gpu" and gpu["image"] != base["image"]
     assert gpu["environment"]["PROVIDER"] == "cuda"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -498,6 +515,41 @@ def test_the_dockerfile_defaults_to_the_public_bases() -> None:
 
 LOCAL = ROOT / "deploy" / "local"
 CONTAINERS_SH = ROOT / "deploy" / "containers.sh"
+HAPROXY = ROOT / "deploy" / "haproxy"
+
+
+def test_the_balancer_fronts_both_replicas_on_the_published_port() -> None:
+    services = compose_services()
+    lb = services["lb"]
+    assert all("ports" not in services[name] for name in REPLICAS)  # reached through the lb
+    (published,) = lb["ports"]
+    bind_port = lb["environment"]["QIN_LB_BIND"].rsplit(":")[-1]
+    assert published.endswith(f":{bind_port}") and "SERVICE_PORT" in published
+    assert lb["depends_on"] == {name: {"condition": "service_healthy"} for name in REPLICAS}
+    assert dict(bind_mounts(lb))["/usr/local/etc/haproxy"] == HAPROXY
+    files = [word for word in lb["command"] if word.startswith("/usr/local/etc/haproxy/")]
+    assert [Path(f).name for f in files] == ["haproxy.cfg", "backend-compose.cfg"]
+    servers = re.findall(
+        r"^\s*server (\S+) (\S+):(\d+) ", (HAPROXY / "backend-compose.cfg").read_text(), re.M
+    )
+    assert [(name, host, int(port)) for name, host, port in servers] == [
+        (name, name, 8000) for name in REPLICAS
+    ]
+    # health-checked on the service's readiness route
+    assert "http-check send meth GET uri /readyz" in (HAPROXY / "haproxy.cfg").read_text()
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_the_compose_configuration() -> None:
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", str(HAPROXY / "haproxy.cfg"), "-f",
+         str(HAPROXY / "backend-compose.cfg")],
+        env={**os.environ, **compose_services()["lb"]["environment"]},  # -c binds nothing
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    # the replicas' names resolve only inside the stack: here they are left down, not refused
+    assert "could not resolve address 'service'" in checked.stderr
 
 
 def test_the_local_override_only_swaps_images() -> None:
@@ -506,7 +558,7 @@ def test_the_local_override_only_swaps_images() -> None:
     services = compose_services()
     override = load_yaml(LOCAL / "docker-compose.local.yml")
     assert set(override) == {"services"}
-    assert set(override["services"]) == {"redis", "prometheus"}
+    assert set(override["services"]) == {"redis", "prometheus", "lb"}
     for name, service in override["services"].items():
         assert set(service) == {"image"}, name
         assert service["image"].startswith("localhost/qin-local/"), name
