@@ -41,8 +41,14 @@ from typing import Any
 import numpy as np
 from redis.crc import key_slot
 
-from bench.feature_store import HISTORY_LEN, ensure_dataset, run_async, timed
-from bench.report import markdown_table, publish
+from bench.feature_store import (
+    HISTORY_LEN,
+    add_dataset_arguments,
+    ensure_dataset,
+    run_async,
+    timed,
+)
+from bench.report import markdown_table, publish_checked
 from bench.supervisor import Children, interrupts_as_exit, running_service, supervised, tail
 from service.features import FeatureStore
 from service.features.layout import Keys
@@ -58,18 +64,26 @@ KEYS = Keys(PREFIX)
 MODES = ("single", "cluster")
 
 
+def add_small_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """20,000 users and 10,000 items: big enough for the measures here, generated in seconds
+    (bench.replicas runs on the same dataset and cache folder)."""
+    add_dataset_arguments(
+        parser,
+        users=20_000,
+        items=10_000,
+        train_rows=200_000,
+        held_out_rows=20_000,
+        data_dir=DEFAULT_DATA_DIR,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.cluster",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--train-rows", type=int, default=200_000)
-    parser.add_argument("--valid-rows", type=int, default=20_000)
-    parser.add_argument("--test-rows", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=2025)
+    add_small_dataset_arguments(parser)
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per mode")
     parser.add_argument("--candidates", type=int, default=200, help="candidates per request")
     parser.add_argument("--node-timeout-ms", type=int, default=2000, help="cluster-node-timeout")
@@ -77,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=24.0, help="failover: s per victim")
     parser.add_argument("--kill-after", type=float, default=6.0, help="failover: s to the kill")
     parser.add_argument("--score-candidates", type=int, default=50, help="failover: per request")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset cache")
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
     return parser
 
@@ -546,11 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "reads": reads,
         "failover": fail,
     }
-    code = publish("cluster", results, table(results), args.out_dir)
-    found = problems(results)
-    for problem in found:
-        print(f"FAIL: {problem}", file=sys.stderr)
-    return 1 if found else code
+    return publish_checked("cluster", results, table(results), problems(results), args.out_dir)
 
 
 if __name__ == "__main__":

@@ -46,21 +46,42 @@ HISTORY_LEN = 64
 PREFIX = "qin"
 
 
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    users: int,
+    items: int,
+    train_rows: int,
+    held_out_rows: int,
+    data_dir: Path,
+) -> None:
+    """The generated dataset a benchmark runs on (what :func:`ensure_dataset` reads): its size,
+    seed and cache folder; ``held_out_rows`` is each of the valid and test splits."""
+    parser.add_argument("--users", type=int, default=users)
+    parser.add_argument("--items", type=int, default=items)
+    parser.add_argument("--train-rows", type=int, default=train_rows)
+    parser.add_argument("--valid-rows", type=int, default=held_out_rows)
+    parser.add_argument("--test-rows", type=int, default=held_out_rows)
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--data-dir", type=Path, default=data_dir, help="dataset cache")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.feature_store",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--items", type=int, default=91_717)
-    parser.add_argument("--train-rows", type=int, default=5_000_000)
-    parser.add_argument("--valid-rows", type=int, default=500_000)
-    parser.add_argument("--test-rows", type=int, default=500_000)
-    parser.add_argument("--seed", type=int, default=2025)
+    add_dataset_arguments(
+        parser,
+        users=1_000_000,
+        items=91_717,
+        train_rows=5_000_000,
+        held_out_rows=500_000,
+        data_dir=DEFAULT_DATA_DIR,
+    )
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per mode")
     parser.add_argument("--candidates", type=int, default=200, help="candidates per request")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset cache")
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
     return parser
 

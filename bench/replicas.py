@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.cluster import export_model
+from bench.cluster import add_small_dataset_arguments, export_model
 from bench.feature_store import HISTORY_LEN, ensure_dataset
 from bench.loadgen import STATUS_ERROR, STATUS_TIMEOUT
-from bench.report import markdown_table, publish
+from bench.report import markdown_table, publish_checked
 from bench.supervisor import Children, feature_redis, interrupts_as_exit, supervised, tail
+from tests.support.redis import free_run_of_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "replicas.py"
@@ -48,24 +49,17 @@ HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 REPLICAS = 3
 SCENARIOS = ("baseline", "kill", "kill (no retries)", "drain", "rolling restart", "reload")
 WINDOW_S = 10.0  # the "after the event" window
-DEFAULT_DATA_DIR = ROOT / "artifacts" / "bench" / "cluster_data"  # shared with bench.cluster
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--train-rows", type=int, default=200_000)
-    parser.add_argument("--valid-rows", type=int, default=20_000)
-    parser.add_argument("--test-rows", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=2025)
+    add_small_dataset_arguments(parser)
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second offered")
     parser.add_argument("--candidates", type=int, default=100, help="item ids per request")
     parser.add_argument("--duration", type=float, default=45.0, help="seconds of arrivals")
     parser.add_argument("--event-at", type=float, default=8.0, help="seconds in, the event")
     parser.add_argument("--drain-s", type=float, default=5.0, help="replicas' SHUTDOWN_DRAIN_S")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset cache")
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
     return parser
 
@@ -126,25 +120,6 @@ def no_retries_config(folder: Path) -> Path:
     return path
 
 
-def free_base_port() -> int:
-    import random
-    import socket
-
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        ok = True
-        for port in range(base, base + REPLICAS + 2):
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-        if ok:
-            return base
-    raise RuntimeError("no free run of ports")
-
-
 def percentile_ms(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q) * 1000.0) if len(values) else None
 
@@ -186,7 +161,7 @@ def run_scenario(
     folder = workdir / "".join(c if c.isalnum() else "_" for c in name)
     folder.mkdir()
     config = no_retries_config(folder) if name == "kill (no retries)" else HAPROXY_CFG
-    fleet = Fleet(folder / "run", env, free_base_port(), config)
+    fleet = Fleet(folder / "run", env, free_run_of_ports(REPLICAS + 2), config)
     fleet.checked("start")
     records, out, log = folder / "records.csv", folder / "loadgen.json", folder / "loadgen.log"
     command = [
@@ -323,11 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {"users": args.users, "items": args.items},
         "scenarios": runs,
     }
-    code = publish("replicas", results, table(results), args.out_dir)
-    found = problems(results)
-    for problem in found:
-        print(f"FAIL: {problem}", file=sys.stderr)
-    return 1 if found else code
+    return publish_checked("replicas", results, table(results), problems(results), args.out_dir)
 
 
 if __name__ == "__main__":

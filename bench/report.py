@@ -131,3 +131,14 @@ def publish(name: str, results: dict[str, Any], table: str, out_dir: Path | None
     print(path.read_text())
     print(f"written {path}")
     return 0
+
+
+def publish_checked(
+    name: str, results: dict[str, Any], table: str, problems: list[str], out_dir: Path | None
+) -> int:
+    """``publish``, then each problem the run found as a ``FAIL:`` line: exit status 1 when there
+    is one, so that a run whose figures do not hold is written down and still fails."""
+    code = publish(name, results, table, out_dir)
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    return 1 if problems else code

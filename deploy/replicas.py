@@ -160,18 +160,24 @@ def wait_replica_ready(run_dir: Path, replica: Replica, host: str, timeout_s: fl
     wait_for(f"replica {replica.name} to answer {url} with 200", ready, timeout_s)
 
 
-def stop_process(pid: int, timeout_s: float) -> bool:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; whether it exited on the SIGTERM."""
-    if not alive(pid):
-        return True
-    os.kill(pid, signal.SIGTERM)
+def stop_processes(pids: list[int], timeout_s: float) -> bool:
+    """SIGTERM to all at once, wait up to ``timeout_s``, then SIGKILL what is left; whether all
+    exited on the SIGTERM."""
+    running = [pid for pid in pids if alive(pid)]
+    for pid in running:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while alive(pid):
+    while running := [pid for pid in running if alive(pid)]:
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            for pid in running:
+                os.kill(pid, signal.SIGKILL)
             return False
         time.sleep(0.1)
     return True
+
+
+def stop_process(pid: int, timeout_s: float) -> bool:
+    return stop_processes([pid], timeout_s)
 
 
 def write_backend(run_dir: Path, replicas: list[Replica], host: str) -> Path:
@@ -330,8 +336,8 @@ def stop(args: argparse.Namespace) -> None:
     # the balancer first, so that no request reaches a replica that is going away
     if state.haproxy_pid:
         stop_process(state.haproxy_pid, 10)
-    for r in state.replicas:
-        stop_process(r.pid, args.timeout_s)
+    # then every replica at once: nothing routes to them any more, so each drain runs in parallel
+    stop_processes([r.pid for r in state.replicas], args.timeout_s)
     (args.run_dir / "state.json").unlink()
     print(f"stopped {len(state.replicas)} replicas and the balancer")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -24,7 +23,7 @@ import pytest
 
 from tests.service_stack import GENEROUS_DEADLINE_S, ServedModel
 from tests.support.openloop import Answer, OpenLoop
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, free_run_of_ports, port_is_free
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,26 +35,6 @@ DRAIN_S = 3.0  # the replicas' SHUTDOWN_DRAIN_S: a few of the balancer's 0.5 s h
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)"
 )
-
-
-def port_is_free(port: int) -> bool:
-    """No listener on it (connections of a closed one waiting in TIME_WAIT do not count)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_run_of_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (the script numbers replicas from a base)."""
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        if all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 @dataclass

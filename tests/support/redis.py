@@ -12,6 +12,7 @@ polled with PING; nothing sleeps for a fixed time. With ``tls`` the server speak
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -107,6 +108,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """No listener on this loopback port (connections of a closed one in TIME_WAIT do not
+    count, as they do not stop a server that sets SO_REUSEADDR from binding it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_run_of_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports, for tools that number their
+    listeners from a base port."""
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        if all(port_is_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 class RedisServer:
