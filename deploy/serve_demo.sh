@@ -51,7 +51,9 @@ echo "== loading the demo features into Redis"
 "$PY" -m service.features load --data "$DEMO_DIR/data" --no-progress
 
 echo "== serving $DEMO_DIR/model.onnx on http://$HOST:$PORT"
-MODEL_PATH="$DEMO_DIR/model.onnx" HOST="$HOST" PORT="$PORT" "$PY" -m service &
+# One process and no balancer in front: nothing to drain for on the way out.
+MODEL_PATH="$DEMO_DIR/model.onnx" HOST="$HOST" PORT="$PORT" \
+  SHUTDOWN_DRAIN_S="${SHUTDOWN_DRAIN_S:-0}" "$PY" -m service &
 service_pid=$!
 children+=("$service_pid")
 ready=0
