@@ -210,6 +210,25 @@ def score_bodies(
     return bodies
 
 
+def kserve_bodies(score_json: list[bytes]) -> list[bytes]:
+    """The same requests in Triton's HTTP protocol (KServe v2), for a peer that speaks only it:
+    ``user_id`` [1, 1], ``item_ids`` [1, C] and, when sent, ``history`` [1, H], all INT64."""
+    bodies = []
+    for raw in score_json:
+        body = json.loads(raw)
+        inputs = [
+            {"name": "user_id", "shape": [1, 1], "datatype": "INT64", "data": [body["user_id"]]}
+        ]
+        for name in ("item_ids", "history"):
+            if name in body:
+                values = body[name]
+                inputs.append(
+                    {"name": name, "shape": [1, len(values)], "datatype": "INT64", "data": values}
+                )
+        bodies.append(json.dumps({"inputs": inputs}, separators=(",", ":")).encode())
+    return bodies
+
+
 def http_request(method: str, host: str, path: str, body: bytes = b"") -> bytes:
     """One HTTP/1.1 keep-alive request, as bytes on the wire."""
     head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: qin-loadgen\r\n"
@@ -465,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", required=True, help="service base URL, http://HOST:PORT")
     parser.add_argument("--path", default="/score", help="POST /score, or GET any other path")
+    parser.add_argument(
+        "--protocol",
+        choices=["score", "kserve"],
+        default="score",
+        help="score: this service's JSON; kserve: Triton's HTTP protocol, POSTed to --path",
+    )
     parser.add_argument("--rate", type=float, required=True, help="requests per second offered")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals")
     parser.add_argument(
@@ -488,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_requests(args: argparse.Namespace, target: Target, count: int) -> list[bytes]:
-    if target.path != "/score":
+    if args.protocol == "score" and target.path != "/score":
         return [http_request("GET", target.netloc, target.path)]
     if args.item_vocab is None:
         raise ValueError("--item-vocab is needed to draw candidates for /score")
@@ -496,10 +521,14 @@ def build_requests(args: argparse.Namespace, target: Target, count: int) -> list
     bodies = score_bodies(
         users, args.item_vocab, args.candidates, min(count, BODIES), args.history, args.seed
     )
+    if args.protocol == "kserve":
+        bodies = kserve_bodies(bodies)
     return [http_request("POST", target.netloc, target.path, body) for body in bodies]
 
 
-async def probe(pool: ConnectionPool, request: bytes, target: Target, candidates: int) -> None:
+async def probe(
+    pool: ConnectionPool, request: bytes, target: Target, candidates: int, protocol: str = "score"
+) -> None:
     """One request before t0: fail fast, with the server's words, if the target is wrong."""
     async with pool.slots:
         connection = await pool.fresh()
@@ -507,7 +536,12 @@ async def probe(pool: ConnectionPool, request: bytes, target: Target, candidates
     pool.put_back(connection, reusable)
     if status != 200:
         raise RuntimeError(f"probe {target.path} answered {status}: {body[:300]!r}")
-    if target.path == "/score":
+    if protocol == "kserve":
+        outputs = json.loads(body).get("outputs") or [{}]
+        data = outputs[0].get("data")
+        if not isinstance(data, list) or len(data) != candidates:
+            raise RuntimeError(f"probe: expected {candidates} scores, got {body[:300]!r}")
+    elif target.path == "/score":
         scores = json.loads(body).get("scores")
         if not isinstance(scores, list) or len(scores) != candidates:
             raise RuntimeError(f"probe /score: expected {candidates} scores, got {body[:300]!r}")
@@ -519,7 +553,7 @@ async def generate(
     pool = ConnectionPool(target.host, target.port, args.connections)
     try:
         if not args.no_probe:
-            await probe(pool, requests[0], target, args.candidates)
+            await probe(pool, requests[0], target, args.candidates, args.protocol)
         await pool.preconnect(max(0, min(args.preconnect, args.connections) - len(pool.idle)))
         gc.collect()
         gc.disable()  # no collector pauses inside the timed run

@@ -118,14 +118,16 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return error.code, error.read().decode(errors="replace")
 
 
-def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
-    """Poll ``/readyz`` until 200; fail at once if the process exits, with its log's tail."""
+def wait_ready(
+    base: str, process: subprocess.Popen[bytes], log: Path, path: str = "/readyz"
+) -> dict[str, Any]:
+    """Poll ``path`` until 200; fail at once if the process exits, with its log's tail."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"service exited with {process.returncode}: {tail(log)}")
         try:
-            status, body = http_get(f"{base}/readyz", timeout=2.0)
+            status, body = http_get(f"{base}{path}", timeout=2.0)
         except OSError:
             status, body = 0, ""
         if status == 200:
@@ -134,7 +136,7 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> dict[s
             except (ValueError, TypeError):
                 return {"body": body}
         time.sleep(0.2)
-    raise RuntimeError(f"{base}/readyz not 200 within {READY_TIMEOUT_S:.0f} s: {tail(log)}")
+    raise RuntimeError(f"{base}{path} not 200 within {READY_TIMEOUT_S:.0f} s: {tail(log)}")
 
 
 def tail(log: Path, lines: int = 15) -> str:
@@ -153,16 +155,20 @@ class RunningService:
 
 @contextmanager
 def running_service(
-    children: Children, command: list[str], env: dict[str, str], log: Path
+    children: Children,
+    command: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready_path: str = "/readyz",
 ) -> Iterator[RunningService]:
     """``command`` as a child with this environment plus ``env``, HOST and PORT (a free loopback
-    port), once its ``/readyz`` answers 200; stopped on the way out."""
+    port), once ``ready_path`` answers 200; stopped on the way out."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     child_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
     process = children.start(command, log, child_env)
     try:
-        yield RunningService(base, process, wait_ready(base, process, log))
+        yield RunningService(base, process, wait_ready(base, process, log, ready_path))
     finally:
         children.stop(process)
 

@@ -9,7 +9,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,13 @@ class LoadSettings:
 
 
 def run_step(
-    children: Children, base: str, rate: float, settings: LoadSettings, name: str
+    children: Children,
+    base: str,
+    rate: float,
+    settings: LoadSettings,
+    name: str,
+    path: str = "/score",
+    protocol: str = "score",
 ) -> dict[str, Any]:
     """One generator run at ``rate`` (its own process), with the batch and stage means of its
     measured part (after the warm-up)."""
@@ -82,7 +88,8 @@ def run_step(
         "--candidates", str(settings.candidates), "--users-file", str(settings.users_file),
         "--item-vocab", str(settings.item_vocab), "--history", str(settings.history),
         "--timeout", str(settings.timeout), "--connections", str(settings.connections),
-        "--seed", str(int(rate * 1000)), "--out", str(out),
+        "--seed", str(int(rate * 1000)), "--out", str(out), "--path", path,
+        "--protocol", protocol,
     ]  # fmt: skip
     log = settings.workdir / f"{name}_{rate:g}.log"
     process = children.start(command, log)
@@ -122,6 +129,10 @@ def describe(step: dict[str, Any]) -> str:
 class ServiceRun:
     name: str
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the common environment
+    ready_path: str = "/readyz"
+    score_path: str = "/score"
+    protocol: str = "score"  # bench.loadgen --protocol
 
 
 def measure_service(
@@ -134,10 +145,12 @@ def measure_service(
     """Start the service, wait for readiness, climb the ladder (bench.ladder.climb), stop it."""
     print(f"starting {run.name}: {shlex.join(run.command)}", flush=True)
     log = settings.workdir / f"{run.name}.log"
-    with running_service(children, run.command, env, log) as service:
+    with running_service(children, run.command, {**env, **run.env}, log, run.ready_path) as service:
 
         def measure(rate: float) -> dict[str, Any]:
-            step = run_step(children, service.base, rate, settings, run.name)
+            step = run_step(
+                children, service.base, rate, settings, run.name, run.score_path, run.protocol
+            )
             print(f"  {run.name} {describe(step)}", flush=True)
             return step
 
