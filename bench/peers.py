@@ -23,8 +23,10 @@ the spread between rounds. Before the rounds every server answers the same reque
 scores are compared with the service's (the max absolute difference is quoted: they run the
 same model, so it should be float noise).
 
-Headlines per round: the highest rate sustained, its ratio to the best peer's, and p50/p99 at
-the highest ladder rate every server sustained. Writes bench/results/peers.{json,md,png}. Exit
+Headlines per round: the highest rate sustained, its ratio to the best peer's, p50/p99 at the
+highest ladder rate every server sustained, and each server's CPU per request at 100 req/s (all
+its processes, over the measured window); the model-only median on the same request is the
+floor no server beats. Writes bench/results/peers.{json,md,png}. Exit
 1 if a server cannot be started or a score differs by more than 1e-5.
 """
 
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.floor import model_floor
 from bench.ladder import P99_LIMIT_MS, best_rate, step_at, sustained
 from bench.loadgen import kserve_bodies
 from bench.report import RESULTS_DIR, markdown_table, publish_checked
@@ -65,6 +68,8 @@ from bench.workload import (
 SERVERS = ("service", "litserve", "pytriton")
 DEFAULT_RATES = "50,100,200,400,700,1000,1400,2000,2800,4000"
 SCORE_TOLERANCE = 1e-5
+#: The low rate at which each server's CPU per request is compared (all keep up there).
+CPU_RATE = 100.0
 AGREEMENT_REQUESTS = 20
 
 
@@ -208,7 +213,12 @@ def round_summary(steps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 "p50_ms": step["latency"]["p50_ms"],
                 "p99_ms": step["latency"]["p99_ms"],
             }
+    cpu = {}
+    for name, s in steps.items():
+        low = step_at(s, CPU_RATE)
+        cpu[name] = None if low is None else low.get("server_cpu_ms_per_request")
     return {
+        "cpu_ms_per_request_at_low_rate": cpu,
         "max_sustained_rate": best,
         "best_peer_rate": best_peer,
         "ratio_to_best_peer": None if not (ours and best_peer) else ours / best_peer,
@@ -231,6 +241,7 @@ def table(results: dict[str, Any]) -> str:
     names = results["servers"]
     headers = ["round", *[f"{n}: max req/s at p99 <= {P99_LIMIT_MS:g} ms" for n in names]]
     headers += ["service / best peer", "common rate", *[f"{n}: p50 / p99 ms" for n in names]]
+    headers += [f"{n}: CPU ms/request at {CPU_RATE:g}/s" for n in names]
     rows = []
     for index, run in enumerate(results["rounds"], start=1):
         summary = run["summary"]
@@ -240,6 +251,7 @@ def table(results: dict[str, Any]) -> str:
         for n in names:
             lat = summary["latency_at_common_rate"].get(n)
             row.append("-" if lat is None else f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}")
+        row += [_fmt(summary["cpu_ms_per_request_at_low_rate"].get(n), ".1f") for n in names]
         rows.append(row)
     past = []
     for n in names:
@@ -251,7 +263,8 @@ def table(results: dict[str, Any]) -> str:
     return (
         f"### The service and its peers: 1 user x {results['candidates']} candidates, history "
         f"{results['history']}, {results['threads']} onnxruntime thread(s) each, "
-        f"{len(results['rounds'])} interleaved rounds\n\n"
+        f"{len(results['rounds'])} interleaved rounds; the model alone (onnxruntime, same "
+        f"request): median {results['model_floor']['median_ms']:.2f} ms\n\n"
         + markdown_table(headers, rows)
         + "\n\nAnswers at each server's highest offered step (past saturation), per round:\n\n"
         + markdown_table(["server", "statuses"], past)
@@ -311,7 +324,7 @@ def measure_all(
     rates: list[float],
     children: Children,
     workdir: Path,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
     """The score agreement, then the interleaved rounds, on one Redis loaded with the data."""
     with feature_redis(workdir, args.data, announce=True) as redis_server:
         people = population(args.data)
@@ -327,6 +340,8 @@ def measure_all(
             "PROVIDER": "cpu",
             "INTRA_OP_THREADS": str(args.threads),
         }
+        print("model-only floor ...", flush=True)
+        floor = model_floor(args.model, candidates=args.candidates)
         bodies = agreement_bodies(people.users, people.item_vocab, args.candidates)
         print("scores on identical requests ...", flush=True)
         scores = {run.name: scores_of(children, run, env, bodies, workdir) for run in runs}
@@ -349,7 +364,7 @@ def measure_all(
                     "top_step_statuses": {n: top_step_statuses(s) for n, s in steps.items()},
                 }
             )
-    return diffs, rounds
+    return floor, diffs, rounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_average = [round(x, 2) for x in os.getloadavg()]
     with interrupts_as_exit(), supervised("bench-peers-") as (children, workdir):
-        diffs, rounds = measure_all(args, runs, rates, children, workdir)
+        floor, diffs, rounds = measure_all(args, runs, rates, children, workdir)
     results = {
         "servers": [run.name for run in runs],
         "cannot_run": missing,
@@ -388,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "litserve": {"batch": args.litserve_batch, "timeout_ms": args.litserve_timeout_ms},
         "pytriton": {"batch": args.triton_batch, "queue_delay_us": args.triton_delay_us},
         "agreement": {"requests": AGREEMENT_REQUESTS, "max_abs_diff": diffs},
+        "model_floor": floor,
         "rounds": rounds,
     }
     code = publish_checked("peers", results, table(results), problems(results), args.out_dir)

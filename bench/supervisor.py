@@ -139,6 +139,22 @@ def wait_ready(
     raise RuntimeError(f"{base}{path} not 200 within {READY_TIMEOUT_S:.0f} s: {tail(log)}")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of one process group (a server started
+    here, with its workers: each child runs in a group of its own). Linux /proc; 0 elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # after the command name: state, ppid, pgrp, ... utime (12th), stime (13th)
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def tail(log: Path, lines: int = 15) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

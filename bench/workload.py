@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.ladder import climb, step_seconds
 from bench.scrape import mean_batch, scrape, stage_means_ms
-from bench.supervisor import Children, running_service, tail
+from bench.supervisor import Children, group_cpu_seconds, running_service, tail
 
 HISTORY = 64
 CANDIDATES = 100
@@ -77,6 +77,7 @@ def run_step(
     name: str,
     path: str = "/score",
     protocol: str = "score",
+    server_pgid: int | None = None,
 ) -> dict[str, Any]:
     """One generator run at ``rate`` (its own process), with the batch and stage means of its
     measured part (after the warm-up)."""
@@ -99,13 +100,21 @@ def run_step(
         # second early), not before its first request.
         time.sleep(settings.warmup)
         before = scrape(base)
+        cpu_before = None if server_pgid is None else group_cpu_seconds(server_pgid)
         code = process.wait(timeout=duration + settings.timeout + 120)
+        cpu_after = None if server_pgid is None else group_cpu_seconds(server_pgid)
     finally:
         children.stop(process)
     if code != 0:
         raise RuntimeError(f"loadgen failed ({code}) at {rate:g}/s: {tail(log)}")
     after = scrape(base)
     step = dict(json.loads(out.read_text())["summary"])
+    # The server's CPU (all its processes) over the measured window, per request in it.
+    step["server_cpu_ms_per_request"] = (
+        None
+        if cpu_before is None or cpu_after is None or not step["requests"]
+        else (cpu_after - cpu_before) * 1000.0 / step["requests"]
+    )
     step["mean_batch_candidates"] = mean_batch(before, after, "qin_batch_candidates")
     step["mean_batch_requests"] = mean_batch(before, after, "qin_batch_requests")
     step["stage_means_ms"] = stage_means_ms(before, after)
@@ -149,8 +158,9 @@ def measure_service(
 
         def measure(rate: float) -> dict[str, Any]:
             step = run_step(
-                children, service.base, rate, settings, run.name, run.score_path, run.protocol
-            )
+                children, service.base, rate, settings, run.name, run.score_path, run.protocol,
+                server_pgid=service.process.pid,  # its own group (start_new_session)
+            )  # fmt: skip
             print(f"  {run.name} {describe(step)}", flush=True)
             return step
 

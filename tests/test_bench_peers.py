@@ -31,8 +31,10 @@ def test_the_peers_score_alike_and_a_peer_that_cannot_run_is_named(
     assert result["agreement"]["max_abs_diff"]["litserve"] <= 1e-5
     (run,) = result["rounds"]
     for name in ("service", "litserve"):
-        (step,) = run["steps"][name]
-        assert step["status_counts"].get("200", 0) > 0, (name, step["status_counts"])
+        (measured,) = run["steps"][name]
+        assert measured["status_counts"].get("200", 0) > 0, (name, measured["status_counts"])
+        assert measured["server_cpu_ms_per_request"] > 0, name  # its processes did the work
+    assert result["model_floor"]["median_ms"] > 0
     table = (tmp_path / "peers.md").read_text()
     assert "Not run: pytriton" in table and "litserve: p50 / p99 ms" in table
     assert (tmp_path / "peers.png").stat().st_size > 0
@@ -56,6 +58,7 @@ def test_kserve_bodies_carry_the_same_ids_with_a_batch_dimension() -> None:
 
 def step(rate: float, p50: float, p99: float, achieved: float | None = None) -> dict[str, Any]:
     return {
+        "server_cpu_ms_per_request": p50 / 2,
         "offered_rate": rate,
         "scheduled_rate": rate,
         "achieved_rate": rate if achieved is None else achieved,
@@ -74,3 +77,9 @@ def test_a_round_compares_the_best_sustained_rates_and_latency_where_all_keep_up
     assert summary["best_peer_rate"] == 200 and summary["ratio_to_best_peer"] == 2.0
     assert summary["common_rate"] == 100  # the highest rate every server sustained
     assert summary["latency_at_common_rate"]["litserve"] == {"p50_ms": 5, "p99_ms": 9}
+    # CPU per request compared at the low rate (100/s), where every server keeps up
+    assert summary["cpu_ms_per_request_at_low_rate"] == {
+        "service": 1.5,
+        "litserve": 2.5,
+        "pytriton": 4,
+    }
