@@ -56,10 +56,10 @@ from bench.supervisor import (
     supervised,
 )
 from bench.workload import (
-    CANDIDATES,
     HISTORY,
-    LoadSettings,
     ServiceRun,
+    add_load_arguments,
+    load_settings,
     measure_service,
     population,
     write_users,
@@ -79,16 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=Path("artifacts/demo/model.onnx"))
-    parser.add_argument("--data", type=Path, default=Path("artifacts/demo/data"))
+    add_load_arguments(parser)
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--rates", default=DEFAULT_RATES, help="the ladder, requests/s")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per step")
-    parser.add_argument("--warmup", type=float, default=2.0, help="of which left out")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per request, from due time")
-    parser.add_argument("--connections", type=int, default=256, help="generator's most")
-    parser.add_argument("--candidates", type=int, default=CANDIDATES, help="per request")
     parser.add_argument("--threads", type=int, default=1, help="INTRA_OP_THREADS of every server")
     parser.add_argument("--litserve-batch", type=int, default=64, help="LitServe max_batch_size")
     parser.add_argument(
@@ -321,19 +315,18 @@ def problems(results: dict[str, Any]) -> list[str]:
 def measure_all(
     args: argparse.Namespace,
     runs: list[ServiceRun],
+    missing: dict[str, str],
     rates: list[float],
     children: Children,
     workdir: Path,
 ) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
-    """The score agreement, then the interleaved rounds, on one Redis loaded with the data."""
+    """The score agreement, then the interleaved rounds, on one Redis loaded with the data. A
+    peer that does not start or answer is taken out of ``runs`` and its reason put in
+    ``missing``."""
     with feature_redis(workdir, args.data, announce=True) as redis_server:
         people = population(args.data)
         users_file = write_users(people, workdir / "users.txt")
-        settings = LoadSettings(
-            args.duration, args.warmup, args.timeout, args.connections, users_file,
-            people.item_vocab, HISTORY if people.explicit_history else 0, workdir,
-            candidates=args.candidates,
-        )  # fmt: skip
+        settings = load_settings(args, people, users_file, workdir)
         env = {
             "MODEL_PATH": str(args.model.resolve()),
             "REDIS_URL": redis_server.url,
@@ -344,7 +337,16 @@ def measure_all(
         floor = model_floor(args.model, candidates=args.candidates)
         bodies = agreement_bodies(people.users, people.item_vocab, args.candidates)
         print("scores on identical requests ...", flush=True)
-        scores = {run.name: scores_of(children, run, env, bodies, workdir) for run in runs}
+        scores = {}
+        for run in list(runs):
+            try:
+                scores[run.name] = scores_of(children, run, env, bodies, workdir)
+            except (RuntimeError, OSError) as exc:  # did not start, or did not answer
+                if run.name == "service":
+                    raise
+                missing[run.name] = f"{type(exc).__name__}: {exc}"
+                print(f"{run.name} cannot run here: {missing[run.name]}", flush=True)
+                runs.remove(run)
         reference = np.asarray(scores["service"], np.float64)
         diffs = {
             name: float(np.abs(np.asarray(s, np.float64) - reference).max())
@@ -386,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the service itself cannot start", file=sys.stderr)
         return 2
     load_average = [round(x, 2) for x in os.getloadavg()]
-    with interrupts_as_exit(), supervised("bench-peers-") as (children, workdir):
-        floor, diffs, rounds = measure_all(args, runs, rates, children, workdir)
+    try:
+        with interrupts_as_exit(), supervised("bench-peers-") as (children, workdir):
+            floor, diffs, rounds = measure_all(args, runs, missing, rates, children, workdir)
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        print(f"bench.peers: {error}", file=sys.stderr)
+        return 1
     results = {
         "servers": [run.name for run in runs],
         "cannot_run": missing,

@@ -56,10 +56,10 @@ from bench.ladder import P99_LIMIT_MS, comparison, ladder, service_rates
 from bench.load_report import write_load_result
 from bench.supervisor import Children, feature_redis, interrupts_as_exit, python_command, supervised
 from bench.workload import (
-    CANDIDATES,
     HISTORY,
-    LoadSettings,
     ServiceRun,
+    add_load_arguments,
+    load_settings,
     measure_service,
     population,
     write_users,
@@ -72,17 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=Path("artifacts/demo/model.onnx"))
+    add_load_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, default=Path("artifacts/demo/checkpoint"))
-    parser.add_argument("--data", type=Path, default=Path("artifacts/demo/data"))
     parser.add_argument("--rates", help="comma-separated rates (overrides the ladder)")
     parser.add_argument("--start-rate", type=float, default=10.0, help="ladder's first rate")
     parser.add_argument("--factor", type=float, default=1.6, help="ladder's step factor")
     parser.add_argument("--max-rate", type=float, default=5000.0, help="ladder's top")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per step")
-    parser.add_argument("--warmup", type=float, default=2.0, help="of which left out")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per request, from due time")
-    parser.add_argument("--connections", type=int, default=256, help="generator's most")
     parser.add_argument("--only", choices=["both", "service", "naive"], default="both")
     parser.add_argument(
         "--service-command", default="python -m service", help="the real service (env-configured)"
@@ -93,9 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: python -m bench.naive_service --checkpoint CHECKPOINT",
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
-    parser.add_argument(
-        "--candidates", type=int, default=CANDIDATES, help="candidates per request (1 user)"
-    )
     parser.add_argument(
         "--provider",
         choices=["cpu", "cuda"],
@@ -150,11 +142,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         print("model-only floor ...", flush=True)
         floor = model_floor(args.model, candidates=args.candidates, provider=args.provider)
         print(f"  median {floor['median_ms']:.3f} ms, p99 {floor['p99_ms']:.3f} ms", flush=True)
-        settings = LoadSettings(
-            args.duration, args.warmup, args.timeout, args.connections, users_file,
-            people.item_vocab, HISTORY if people.explicit_history else 0, workdir,
-            candidates=args.candidates,
-        )  # fmt: skip
+        settings = load_settings(args, people, users_file, workdir)
         env = {
             "MODEL_PATH": str(args.model.resolve()),
             "REDIS_URL": redis_server.url,

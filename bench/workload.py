@@ -5,6 +5,7 @@ service's batch and stage means over its measured part, and a service's whole la
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -67,6 +68,32 @@ class LoadSettings:
     history: int
     workdir: Path
     candidates: int = CANDIDATES
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a load benchmark against the demo artifacts takes: the model and data, the length
+    of a step and the generator's limits, the request's size."""
+    parser.add_argument("--model", type=Path, default=Path("artifacts/demo/model.onnx"))
+    parser.add_argument("--data", type=Path, default=Path("artifacts/demo/data"))
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="of which left out")
+    parser.add_argument("--timeout", type=float, default=5.0, help="per request, from due time")
+    parser.add_argument("--connections", type=int, default=256, help="generator's most")
+    parser.add_argument(
+        "--candidates", type=int, default=CANDIDATES, help="candidates per request (1 user)"
+    )
+
+
+def load_settings(
+    args: argparse.Namespace, people: Population, users_file: Path, workdir: Path
+) -> LoadSettings:
+    """The steps' settings from ``add_load_arguments``' flags; an explicit history is sent
+    when too few users have a full stored one."""
+    return LoadSettings(
+        args.duration, args.warmup, args.timeout, args.connections, users_file,
+        people.item_vocab, HISTORY if people.explicit_history else 0, workdir,
+        candidates=args.candidates,
+    )  # fmt: skip
 
 
 def run_step(

@@ -5,6 +5,7 @@ that are pure functions (the KServe bodies, a round's headline figures)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,26 @@ def test_the_peers_score_alike_and_a_peer_that_cannot_run_is_named(
     table = (tmp_path / "peers.md").read_text()
     assert "Not run: pytriton" in table and "litserve: p50 / p99 ms" in table
     assert (tmp_path / "peers.png").stat().st_size > 0
+
+
+def test_a_peer_that_exits_at_start_is_named_with_its_error(
+    served_model: ServedModel, tmp_path: Path
+) -> None:
+    require_redis_server()
+    # an environment whose python has no pytriton: the peer starts, then exits on the import
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    args = [
+        "--model", str(served_model.onnx), "--data", str(served_model.data),
+        "--servers", "service,pytriton", "--rates", "100", "--duration", "4", "--warmup", "1",
+        "--rounds", "1", "--peers-venv", str(venv), "--out-dir", str(tmp_path),
+    ]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((tmp_path / "peers.json").read_text())
+    assert result["servers"] == ["service"]
+    assert "pytriton" in result["cannot_run"]["pytriton"]  # the child's own error, from its log
+    assert list(result["rounds"][0]["steps"]) == ["service"]
 
 
 def test_kserve_bodies_carry_the_same_ids_with_a_batch_dimension() -> None:
