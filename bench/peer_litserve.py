@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 import litserve as ls
 import numpy as np
 
-from service.features import FeatureStore, RequestFeatures
-from service.packing import ScoringInput, pack
-from service.runtime import ModelRunner
+from bench.peer_parts import fetch_all, model_runner, score
+from service.features import FeatureStore
+from service.packing import ScoringInput
 from service.schemas import ScoreRequest
 from service.settings import Settings
 
@@ -46,10 +46,7 @@ class QinLitAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.settings = Settings()
         settings = self.settings
-        self.runner = ModelRunner(
-            settings.model_path, "cpu", settings.intra_op_threads, settings.ort_spinning
-        )
-        self.history_len = int(self.runner.schema["history_len"])
+        self.runner = model_runner(settings)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="redis-loop", daemon=True).start()
         self.store = self._on_loop(self._open_store())
@@ -69,23 +66,17 @@ class QinLitAPI(ls.LitAPI):
     def batch(self, inputs: list[ScoreRequest]) -> list[ScoreRequest]:
         return inputs
 
-    async def _fetch_all(self, requests: list[ScoreRequest]) -> list[RequestFeatures]:
-        return list(
-            await asyncio.gather(
-                *(
-                    self.store.fetch(
-                        r.user_id,
-                        np.asarray(r.item_ids, np.int64),
-                        None if r.history is None else np.asarray(r.history, np.int64),
-                    )
-                    for r in requests
-                )
-            )
-        )
-
     def predict(self, requests: list[ScoreRequest] | ScoreRequest) -> list[dict[str, Any]]:
         batch = requests if isinstance(requests, list) else [requests]
-        features = self._on_loop(self._fetch_all(batch))
+        asks = [
+            (
+                r.user_id,
+                np.asarray(r.item_ids, np.int64),
+                None if r.history is None else np.asarray(r.history, np.int64),
+            )
+            for r in batch
+        ]
+        features = self._on_loop(fetch_all(self.store, asks))
         inputs = [
             ScoringInput(
                 f.history,
@@ -95,8 +86,6 @@ class QinLitAPI(ls.LitAPI):
             )
             for r, f in zip(batch, features, strict=True)
         ]
-        packed = pack(inputs, self.history_len)
-        scores = packed.split(self.runner.run(packed.feeds))
         version = self.runner.info.version
         return [
             {
@@ -107,7 +96,7 @@ class QinLitAPI(ls.LitAPI):
                 "history_length": int((f.history.ids > 0).sum()),
                 "degraded": False,
             }
-            for s, f in zip(scores, features, strict=True)
+            for s, f in zip(score(self.runner, inputs), features, strict=True)
         ]
 
     def unbatch(self, output: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,9 +30,9 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.proxy.types import Request
 from pytriton.triton import Triton, TritonConfig
 
+from bench.peer_parts import fetch_all, model_runner, score
 from service.features import FeatureStore
-from service.packing import ScoringInput, pack
-from service.runtime import ModelRunner
+from service.packing import ScoringInput
 from service.settings import Settings
 
 MODEL = "qin"
@@ -49,30 +49,25 @@ class QinInfer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.runner = ModelRunner(
-            settings.model_path, "cpu", settings.intra_op_threads, settings.ort_spinning
-        )
-        self.history_len = int(self.runner.schema["history_len"])
+        self.runner = model_runner(settings)
         self.store: FeatureStore | None = None  # made on Triton's event loop, at the first call
 
     async def __call__(self, requests: list[Request]) -> list[dict[str, np.ndarray]]:
         if self.store is None:
             self.store = FeatureStore.from_settings(self.settings)
-        store = self.store
-        features = await asyncio.gather(
-            *(
-                store.fetch(
-                    int(r["user_id"].reshape(-1)[0]),
-                    r["item_ids"].reshape(-1).astype(np.int64),
-                    r["history"].reshape(-1).astype(np.int64) if "history" in r else None,
-                )
-                for r in requests
+        asks = [
+            (
+                int(r["user_id"].reshape(-1)[0]),
+                r["item_ids"].reshape(-1).astype(np.int64),
+                r["history"].reshape(-1).astype(np.int64) if "history" in r else None,
             )
-        )
-        packed = pack([ScoringInput(f.history, f.candidates) for f in features], self.history_len)
-        loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(None, self.runner.run, packed.feeds)
-        return [{"scores": s[None, :].astype(np.float32)} for s in packed.split(scores)]
+            for r in requests
+        ]
+        features = await fetch_all(self.store, asks)
+        inputs = [ScoringInput(f.history, f.candidates) for f in features]
+        loop = asyncio.get_running_loop()  # the model call (and packing) off Triton's loop
+        scores = await loop.run_in_executor(None, score, self.runner, inputs)
+        return [{"scores": s[None, :].astype(np.float32)} for s in scores]
 
 
 def main(argv: list[str] | None = None) -> None:

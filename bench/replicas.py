@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ class Fleet:
         return {r["name"]: r["pid"] for r in state["replicas"]}
 
     def server_status(self, name: str) -> str:
-        import urllib.request
-
         stats = f"http://127.0.0.1:{self.base_port + REPLICAS + 1}/stats;csv"
         with urllib.request.urlopen(stats, timeout=5) as response:
             lines = response.read().decode().lstrip("# ").splitlines()

@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -117,8 +118,7 @@ def balancer_view(state: State) -> dict[str, str]:
     }
 
 
-def wait_for(what: str, check: object, timeout_s: float) -> None:
-    assert callable(check)
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
